@@ -1,0 +1,1 @@
+"""What every model family shares: data pipelines, parallel steps, state, checkpoints, the loop."""

@@ -1,0 +1,222 @@
+"""The tf.data training pipeline: shuffled, resumable, sharded batches of preprocessed images.
+
+The pipeline runs over example *indices*, not images: shuffling and skipping touch only
+integers, and each index is turned into an image (gathered from memory or read from a file)
+after the order is fixed. Each epoch's order is a stateless permutation seeded by
+``(seed, epoch)``, so it depends only on the arguments: two iterators built alike yield the same
+batches, and resuming at batch ``k`` starts straight at the right epoch instead of replaying
+every earlier one.
+
+Images come out as float32 in [-1, 1] with the configured size and channel count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from common_jax.data.sources import ImageSource
+from common_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+try:
+    # TF must never take GPU memory JAX needs: it only reads and decodes images here.
+    tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):
+    # Devices were already initialised by an earlier TF user; nothing more can be done here.
+    log.warning("could not hide GPUs from TensorFlow; it may reserve GPU memory")
+
+_MAX_SEED = 2**63  # stateless ops take int64 seeds
+
+
+def make_train_iterator(
+    source: ImageSource,
+    *,
+    batch_size: int,
+    image_size: int,
+    channels: int,
+    seed: int,
+    start_batch: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches {"image": float32 [B,S,S,C] in [-1, 1], "label": int32 [B]}.
+
+    `batch_size` is per process; process `i` of `n` reads examples i, i+n, i+2n, ... only.
+    Labels are -1 when the source has none. ``start_batch=k`` yields exactly batches k, k+1,
+    ... of a fresh iterator with the same arguments, which is how training resumes.
+    """
+    shard_size = _validate(
+        source, batch_size=batch_size, image_size=image_size, channels=channels,
+        start_batch=start_batch, process_index=process_index, process_count=process_count,
+    )
+    indices = _shuffled_indices(
+        num_examples=source.num_examples, shard_size=shard_size, seed=seed,
+        skip=start_batch * batch_size, process_index=process_index,
+        process_count=process_count,
+    )
+    load = _example_loader(source, image_size=image_size, channels=channels)
+    ds = (
+        indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return ds.as_numpy_iterator()
+
+
+def _validate(
+    source: ImageSource, *, batch_size: int, image_size: int, channels: int,
+    start_batch: int, process_index: int, process_count: int,
+) -> int:
+    """Checks the arguments; returns the number of examples in this process's shard."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    if source.images is None and source.paths is None:
+        raise ValueError(f"source '{source.name}' has neither images nor paths")
+    if image_size < 1:
+        raise UserError(
+            f"image size must be at least 1 pixel, got {image_size}; set "
+            "--config.model.image_size to a positive number"
+        )
+    if channels not in (1, 3):
+        raise UserError(
+            f"channels must be 1 (gray) or 3 (RGB), got {channels}; set "
+            "--config.model.channels to 1 or 3"
+        )
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}; set --config.batch_size")
+    shard_size = len(range(process_index, source.num_examples, process_count))
+    if batch_size > shard_size:
+        # config.batch_size is the global batch: every process reads batch_size of it.
+        limit = f"at most {shard_size * process_count}"
+        if process_count > 1:
+            limit += f" ({shard_size} per process x {process_count} processes)"
+        raise UserError(
+            f"the batch of {batch_size} examples per process is larger than the {shard_size} "
+            f"examples this process reads from '{source.name}'; lower --config.batch_size to "
+            f"{limit} or use more data"
+        )
+    return shard_size
+
+
+def _shuffled_indices(
+    *, num_examples: int, shard_size: int, seed: int, skip: int,
+    process_index: int, process_count: int,
+) -> tf.data.Dataset:
+    """Endless example indices of this shard, each epoch a fresh permutation.
+
+    Equivalent to range -> shard -> shuffle(shard size) -> repeat -> skip, except that the
+    permutation of epoch `e` is a pure function of (seed, e): skipping whole epochs costs
+    nothing, and TF's global seed (which `shuffle` would mix in) cannot change the order.
+    """
+    first_epoch, offset = divmod(skip, shard_size)
+    seed = seed % _MAX_SEED
+
+    def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
+        shard = tf.range(process_index, num_examples, process_count, dtype=tf.int64)
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(shard, seed=key)
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    epochs = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64)
+    return epochs.flat_map(epoch_indices).skip(offset)
+
+
+def _example_loader(source: ImageSource, *, image_size: int, channels: int):
+    """A function index -> {"image", "label"} for `tf.data.Dataset.map`."""
+    get_image = _image_getter(source)
+    get_label = _label_getter(source)
+
+    def load(i: tf.Tensor) -> dict[str, tf.Tensor]:
+        image = preprocess(get_image(i), image_size=image_size, channels=channels)
+        return {"image": image, "label": get_label(i)}
+
+    return load
+
+
+def _image_getter(source: ImageSource):
+    if source.images is None:
+        paths = tf.constant(source.paths)
+        return lambda i: _decode_file(tf.gather(paths, i))
+    # An eager tensor captured by the map function is passed by reference, not embedded in the
+    # graph, so arrays over 2 GB work (checked with 2.2 GB); the array must fit in host RAM.
+    images = tf.convert_to_tensor(source.images)
+    return lambda i: tf.gather(images, i)
+
+
+def _label_getter(source: ImageSource):
+    if source.labels is None:
+        return lambda i: tf.constant(-1, tf.int32)
+    labels = tf.convert_to_tensor(np.asarray(source.labels, np.int32))
+    return lambda i: tf.gather(labels, i)
+
+
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+    data = tf.io.read_file(path)
+    # channels=0 keeps the file's own channels; `preprocess` converts them. Only an animation's
+    # first frame is used.
+    return tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+
+
+def preprocess(image: tf.Tensor, *, image_size: int, channels: int) -> tf.Tensor:
+    """uint8 [H,W,C] with any C in 1..4 -> float32 [S,S,channels] in [-1, 1]."""
+    x = tf.cast(image, tf.float32)
+    x = _convert_channels(x, channels)
+    x = _center_crop_square(x)
+    x = _resize(x, image_size)
+    x = tf.clip_by_value(x / 127.5 - 1.0, -1.0, 1.0)
+    x.set_shape([image_size, image_size, channels])
+    return x
+
+
+def _convert_channels(x: tf.Tensor, channels: int) -> tf.Tensor:
+    """Drops alpha, then tiles gray to RGB or averages RGB to gray as needed.
+
+    Shapes known when the graph is built (in-memory arrays) are handled in Python: building
+    both branches of a `tf.cond` would fail, e.g. rgb_to_grayscale on a 1-channel image.
+    """
+    have = x.shape[-1]
+    if have is not None:
+        if have in (2, 4):
+            x, have = x[..., : have - 1], have - 1
+        if have == channels:
+            return x
+        return tf.tile(x, [1, 1, 3]) if channels == 3 else tf.image.rgb_to_grayscale(x)
+
+    have = tf.shape(x)[-1]
+    # 2 (gray + alpha) -> 1 and 4 (RGBA) -> 3; 1 and 3 stay.
+    x = x[..., : tf.where(have % 2 == 0, have - 1, have)]
+    if channels == 3:
+        return tf.cond(tf.shape(x)[-1] == 1, lambda: tf.tile(x, [1, 1, 3]), lambda: x)
+    return tf.cond(tf.shape(x)[-1] == 3, lambda: tf.image.rgb_to_grayscale(x), lambda: x)
+
+
+def _center_crop_square(x: tf.Tensor) -> tf.Tensor:
+    height, width = x.shape[0], x.shape[1]
+    if height is not None and height == width:
+        return x
+    shape = tf.shape(x)
+    side = tf.minimum(shape[0], shape[1])
+    return tf.image.crop_to_bounding_box(
+        x, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side
+    )
+
+
+def _resize(x: tf.Tensor, size: int) -> tf.Tensor:
+    """Square `x` to size x size; antialiasing keeps downscaled images free of aliasing."""
+    if x.shape[0] == size and x.shape[1] == size:
+        return x
+
+    def resize() -> tf.Tensor:
+        return tf.image.resize(x, [size, size], antialias=True)
+
+    if x.shape[0] is not None:
+        return resize()
+    # Files of the right size skip the resize: it costs time and blurs nothing useful.
+    return tf.cond(tf.shape(x)[0] == size, lambda: x, resize)

@@ -1,0 +1,1 @@
+"""GANs in JAX/Flax: models, train steps and configs, built on `common_jax`."""

@@ -1,0 +1,56 @@
+"""Settings shared by every DCGAN experiment (the paper's defaults); experiments override."""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.trainer = "gans_jax.trainers.dcgan"  # the module whose train_and_evaluate runs it
+    c.seed = 0  # everything random (init, data order, z) derives from it
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = ""  # idx folder, image folder or .tar.gz of one; "" -> tfds_name
+    c.data.tfds_name = ""  # used when path is empty or missing
+    c.data.split = "train"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.image_size = 64
+    c.model.channels = 3
+    c.model.z_dim = 100  # the paper's 100-d uniform/normal noise
+    c.model.g_width = 64  # ngf
+    c.model.d_width = 64  # ndf
+    c.model.upsample_impl = "auto"  # transposed conv as "xla" or "subpixel" (same function)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.g_lr = 2e-4  # the paper: Adam 2e-4, beta1 0.5
+    c.optimizer.d_lr = 2e-4
+    c.optimizer.b1 = 0.5
+    c.optimizer.b2 = 0.999
+
+    c.batch_size = 128  # global, over all devices and processes (the paper used 128)
+    c.num_steps = 10_000
+    c.ema_decay = 0.999  # generator weight average used for samples
+    c.parallel = "shard_map"  # or "pmap"
+
+    c.log_every = 50  # TensorBoard scalars and the metrics file
+    c.sample_every = 500  # fixed-z sample grid PNG
+    c.num_samples = 64  # images in a grid
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.progress_bar = True
+    c.allow_config_change = False  # resume a workdir whose checkpoint has another config
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks any DCGAN config to a run of seconds (tests, quick checks)."""
+    c.model.g_width = 8
+    c.model.d_width = 8
+    c.batch_size = 16
+    c.num_steps = 6
+    c.log_every = 2
+    c.sample_every = 3
+    c.num_samples = 16
+    c.checkpoint_every = 3
+    c.progress_bar = False
+    return c

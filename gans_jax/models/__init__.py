@@ -1,0 +1,1 @@
+"""GAN network definitions (pure Flax Linen modules; no training code)."""

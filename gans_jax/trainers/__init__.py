@@ -1,0 +1,1 @@
+"""GAN training: state, pure train steps and `train_and_evaluate` per model family."""

@@ -1,0 +1,182 @@
+"""DCGAN training: the `GANState` pytree, the pure train step, sampling, and the entry point.
+
+One step, per device with the named axis `common_jax.parallel.AXIS`:
+  1. G's forward pass once (kept as a VJP) on z drawn from ``fold_in(key, step)``;
+  2. D update on the real batch and the detached fake batch;
+  3. G update through the updated D (non-saturating loss), reusing step 1's forward pass;
+  4. G's moving average (EMA) of the weights.
+Gradients and batch-norm statistics are averaged over devices, so N devices compute what one
+device computes on the whole batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from common_jax import loop, parallel
+from common_jax.state import NetState, apply_gradients, create_net_state
+from gans_jax.models.dcgan import Discriminator, Generator
+
+
+@flax.struct.dataclass
+class GANState:
+    """Everything a GAN run needs to continue: both networks, G's EMA weights, step, key."""
+
+    g: NetState
+    d: NetState
+    g_ema: Any  # moving average of g.params, used for samples
+    step: jax.Array  # int32 scalar: steps completed
+    key: jax.Array  # raw uint32 PRNG key; each step folds in its step number
+
+
+def make_models(config: ml_collections.ConfigDict, axis_name: str | None = None):
+    """The generator and discriminator for a config (axis_name syncs batch norm)."""
+    m = config.model
+    g = Generator(image_size=m.image_size, channels=m.channels, width=m.g_width,
+                  axis_name=axis_name, upsample_impl=m.upsample_impl)
+    d = Discriminator(image_size=m.image_size, width=m.d_width, axis_name=axis_name)
+    return g, d
+
+
+def make_optimizers(config: ml_collections.ConfigDict):
+    """Adam for G and for D (the paper: lr 2e-4, beta1 0.5)."""
+    o = config.optimizer
+    return (optax.adam(o.g_lr, b1=o.b1, b2=o.b2), optax.adam(o.d_lr, b1=o.b1, b2=o.b2))
+
+
+def create_state(config: ml_collections.ConfigDict) -> GANState:
+    """A fresh state, deterministic from ``config.seed``."""
+    g_model, d_model = make_models(config)
+    g_tx, d_tx = make_optimizers(config)
+    key_g, key_d, key_train = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    z = jnp.zeros((1, config.model.z_dim))
+    g_vars = g_model.init(key_g, z, train=False)
+    images = jnp.zeros((1, config.model.image_size, config.model.image_size,
+                        config.model.channels))
+    d_vars = d_model.init(key_d, images, train=False)
+    g = create_net_state(g_vars, g_tx)
+    # A copy: the EMA must not share buffers with params (the step donates both).
+    return GANState(g=g, d=create_net_state(d_vars, d_tx), g_ema=jax.tree.map(jnp.copy, g.params),
+                    step=jnp.zeros((), jnp.int32), key=key_train)
+
+
+def bce_with_logits(logits: jax.Array, target: float) -> jax.Array:
+    """Mean binary cross-entropy of logits against a constant target."""
+    return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)).mean()
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """EMA decay that starts low so the average is not dominated by the random init."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDict):
+    """One D update and one G update on this device's slice of the batch."""
+    g_model, d_model = make_models(config, axis_name=parallel.AXIS)
+    g_tx, d_tx = make_optimizers(config)
+    real = batch["image"]
+    local_batch = real.shape[0]
+
+    key = jax.random.fold_in(state.key, state.step)
+    z = jax.random.normal(key, (config.batch_size, config.model.z_dim))
+    z = parallel.local_batch_slice(z, local_batch)
+
+    def generate(g_params):
+        fake, updates = g_model.apply(state.g.variables(g_params), z, train=True,
+                                      mutable=["batch_stats"])
+        return fake, updates["batch_stats"]
+
+    fake, g_vjp, g_batch_stats = jax.vjp(generate, state.g.params, has_aux=True)
+
+    def discriminate(d_params, batch_stats, images):
+        logits, updates = d_model.apply({"params": d_params, "batch_stats": batch_stats},
+                                        images, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+
+    def d_loss_fn(d_params):
+        real_logits, stats = discriminate(d_params, state.d.batch_stats, real)
+        fake_logits, stats = discriminate(d_params, stats, jax.lax.stop_gradient(fake))
+        loss = bce_with_logits(real_logits, 1.0) + bce_with_logits(fake_logits, 0.0)
+        return loss, (stats, real_logits, fake_logits)
+
+    (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
+        d_loss_fn, has_aux=True)(state.d.params)
+    d_grads = jax.lax.pmean(d_grads, parallel.AXIS)
+    d = apply_gradients(state.d, d_grads, d_tx)
+
+    def g_loss_fn(fake_images):  # non-saturating: G maximises log D(G(z))
+        logits, stats = discriminate(d.params, d_stats, fake_images)
+        return bce_with_logits(logits, 1.0), stats
+
+    (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+    (g_grads,) = g_vjp(fake_grads)
+    g_grads = jax.lax.pmean(g_grads, parallel.AXIS)
+    g = apply_gradients(state.g, g_grads, g_tx).replace(batch_stats=g_batch_stats)
+    decay = ema_decay_at(state.step, config.ema_decay)
+    g_ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.g_ema, g.params)
+
+    metrics = {
+        "d_loss": d_loss, "g_loss": g_loss,
+        "d_real": jax.nn.sigmoid(real_logits).mean(),  # D(x)
+        "d_fake": jax.nn.sigmoid(fake_logits).mean(),  # D(G(z)) before D's update
+        "g_grad_norm": optax.tree.norm(g_grads), "d_grad_norm": optax.tree.norm(d_grads),
+        # 1.0 while the updated weights are finite; the loop stops the run otherwise
+        "finite": parallel.tree_all_finite((g.params, d.params)).astype(jnp.float32),
+    }
+    metrics = jax.lax.pmean(metrics, parallel.AXIS)
+    new_state = GANState(g=g, d=d.replace(batch_stats=d_stats), g_ema=g_ema,
+                         step=state.step + 1, key=state.key)
+    return new_state, metrics
+
+
+def sample_z(config: ml_collections.ConfigDict, num: int, seed: int = 0) -> jax.Array:
+    """Fixed latent vectors, so grids from different steps are comparable."""
+    return jax.random.normal(jax.random.PRNGKey(seed), (num, config.model.z_dim))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "use_ema"))
+def _generate(state: GANState, z: jax.Array, config, use_ema: bool) -> jax.Array:
+    g_model, _ = make_models(config)
+    params = state.g_ema if use_ema else state.g.params
+    # Batch statistics of the sample batch, as the reference DCGAN samples; the running
+    # averages belong to the live weights, not to the EMA weights.
+    images, _ = g_model.apply({"params": params, "batch_stats": state.g.batch_stats}, z,
+                              train=True, mutable=["batch_stats"])
+    return images
+
+
+def generate(state: GANState, z: jax.Array, config, *, use_ema: bool = True) -> np.ndarray:
+    """Images in [-1, 1] for latent vectors z, as a host array."""
+    frozen = ml_collections.FrozenConfigDict(config)
+    return np.asarray(_generate(state, z, frozen, use_ema))
+
+
+def make_task(config: ml_collections.ConfigDict) -> loop.Task:
+    """What the shared loop needs to train a DCGAN."""
+    fixed_z = sample_z(config, config.num_samples)
+
+    def write_samples(state: GANState, step: int, writer, *, final: bool = False):
+        images = generate(state, fixed_z, config)
+        writer.write_image_grid(step, "samples", images, final=final)
+
+    return loop.Task(
+        create_state=functools.partial(create_state, config),
+        train_step=functools.partial(train_step, config=ml_collections.FrozenConfigDict(config)),
+        periodic={"samples": (config.sample_every, write_samples)},
+        progress_metrics=("d_loss", "g_loss", "d_real", "d_fake"),
+        plot_metrics=("d_loss", "g_loss"),
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) a DCGAN in workdir; returns the run summary."""
+    return loop.train(config, workdir, make_task(config))

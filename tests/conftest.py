@@ -1,0 +1,31 @@
+"""Test set-up: 8 forced CPU devices (so data-parallel code runs for real) and shared helpers."""
+
+import os
+
+# Must be set before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_compiles():
+    # Tests check behaviour, not speed: skip most XLA optimisations to compile faster.
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+
+
+def shared_data(name: str) -> Path:
+    """A path under ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (see ../shared/data/README.md)")
+    return path

@@ -1,0 +1,408 @@
+"""Tests of common_jax.data: every source format, the pipeline's contract and bad inputs.
+
+The data is written by the tests into tmp_path (tiny idx files, PNG/JPEG folders, archives);
+one test reads the real MNIST files from ../shared/data when they are there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import logging
+import struct
+import tarfile
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from common_jax.data import ImageSource, load_source, make_train_iterator
+from common_jax.errors import UserError
+
+REAL_MNIST = (Path(__file__).parents[1] / "../shared/data/mnist").resolve()
+
+
+def data_cfg(**fields) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict({"path": "", "tfds_name": ""})
+    cfg.update(fields)
+    return cfg
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool) -> None:
+    magic = 2051 if array.ndim == 3 else 2049
+    header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_image(path: Path, value, *, size=(8, 8), mode="RGB", fmt=None) -> None:
+    """A solid image; `value` is an int for gray or a tuple per channel."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path, format=fmt)
+
+
+def in_memory_source(n: int, *, size: int = 4, channels: int = 1) -> ImageSource:
+    """Image i is filled with the value i, and its label is i: both identify the example."""
+    images = np.broadcast_to(
+        np.arange(n, dtype=np.uint8)[:, None, None, None], (n, size, size, channels)
+    ).copy()
+    return ImageSource(
+        name="memory", images=images, paths=None, labels=np.arange(n, dtype=np.int32),
+        class_names=None,
+    )
+
+
+def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
+    return list(itertools.islice(iterator, count))
+
+
+def labels(batches) -> np.ndarray:
+    return np.concatenate([b["label"] for b in batches])
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.round((images + 1.0) * 127.5).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- idx files
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_folder_train_and_test_splits(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (5, 3, 4), dtype=np.uint8)
+    test = rng.integers(0, 256, (2, 3, 4), dtype=np.uint8)
+    suffix = ".gz" if gz else ""
+    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", train, gz=gz)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", np.array([3, 1, 4, 1, 5]), gz=gz)
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", test, gz=gz)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", np.array([9, 2]), gz=gz)
+
+    source = load_source(data_cfg(path=str(tmp_path)), split="train")
+    assert source.images.dtype == np.uint8 and source.images.shape == (5, 3, 4, 1)
+    np.testing.assert_array_equal(source.images[..., 0], train)
+    assert source.labels.dtype == np.int32 and source.labels.tolist() == [3, 1, 4, 1, 5]
+    assert source.paths is None and source.num_examples == 5
+
+    source = load_source(data_cfg(path=str(tmp_path)), split="test")
+    np.testing.assert_array_equal(source.images[..., 0], test)
+    assert source.labels.tolist() == [9, 2]
+
+
+def test_idx_file_truncated_is_a_user_error(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((4, 3, 3)), gz=True)
+    data = gzip.decompress((tmp_path / "train-images-idx3-ubyte.gz").read_bytes())
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(data[:-5]))
+    with pytest.raises(UserError, match="truncated"):
+        load_source(data_cfg(path=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def test_image_folder_labels_from_subfolders(tmp_path):
+    write_image(tmp_path / "dog" / "b.png", (10, 20, 30))
+    write_image(tmp_path / "cat" / "x.jpg", (200, 200, 200))
+    write_image(tmp_path / "cat" / "deeper" / "a.PNG", (0, 0, 0))
+    write_image(tmp_path / "dog" / "notes.txt.bak", 0, mode="L", fmt="PNG")  # not an image name
+
+    source = load_source(data_cfg(path=str(tmp_path)))
+    assert source.images is None and source.num_examples == 3
+    assert [Path(p).relative_to(tmp_path).as_posix() for p in source.paths] == [
+        "cat/deeper/a.PNG", "cat/x.jpg", "dog/b.png",
+    ]
+    assert source.class_names == ["cat", "dog"]
+    assert source.labels.dtype == np.int32 and source.labels.tolist() == [0, 0, 1]
+
+    # Lossless PNG: the pipeline's values are exactly x / 127.5 - 1.
+    batch = next(make_train_iterator(source, batch_size=3, image_size=8, channels=3, seed=0))
+    dog = to_uint8(batch["image"][batch["label"] == 1])
+    assert dog.shape == (1, 8, 8, 3) and (dog == np.array([10, 20, 30])).all()
+
+
+def test_image_folder_without_labels(tmp_path):
+    write_image(tmp_path / "top.png", (1, 2, 3))
+    write_image(tmp_path / "sub" / "inner.png", (4, 5, 6))
+    write_image(tmp_path / "other" / "inner.png", (4, 5, 6))
+    source = load_source(data_cfg(path=str(tmp_path)))
+    assert source.labels is None and source.class_names is None and source.num_examples == 3
+    batch = next(make_train_iterator(source, batch_size=2, image_size=8, channels=3, seed=0))
+    assert batch["label"].tolist() == [-1, -1]
+
+
+def test_labels_from_subfolders_can_be_turned_off(tmp_path):
+    write_image(tmp_path / "a" / "1.png", 0, mode="L")
+    write_image(tmp_path / "b" / "2.png", 0, mode="L")
+    source = load_source(data_cfg(path=str(tmp_path), labels_from_subfolders=False))
+    assert source.labels is None and source.num_examples == 2
+
+
+def test_split_subfolders_and_wrapper_folder(tmp_path):
+    for split, n in (("train", 3), ("test", 1)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                write_image(tmp_path / "wrap" / split / cls / f"{i}.png", 9, mode="L")
+    train = load_source(data_cfg(path=str(tmp_path)), split="train")
+    test = load_source(data_cfg(path=str(tmp_path)), split="test")
+    assert (train.num_examples, test.num_examples) == (6, 2)
+    assert train.class_names == ["a", "b"] and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(UserError, match="'validation'"):
+        load_source(data_cfg(path=str(tmp_path)), split="validation")
+
+
+def test_tar_gz_archive_is_extracted_once_and_reused(tmp_path, monkeypatch):
+    folder = tmp_path / "faces"
+    for i in range(4):
+        write_image(folder / f"{i}.jpg", (i * 50, 0, 0))
+    archive = tmp_path / "faces-64.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="images")  # one wrapper folder, as archives usually have
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(cache))
+
+    first = load_source(data_cfg(path=str(archive)))
+    assert first.num_examples == 4 and first.labels is None
+    extracted = list(cache.iterdir())
+    assert len(extracted) == 1 and extracted[0].name.startswith("faces-64-")
+    assert all(Path(p).is_relative_to(extracted[0]) for p in first.paths)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the archive was extracted again")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", no_extraction)
+    second = load_source(data_cfg(path=str(archive)))
+    assert second.paths == first.paths
+    assert list(cache.iterdir()) == extracted  # no temporary folders left behind
+
+
+def test_pipeline_reads_archive_images(tmp_path, monkeypatch):
+    write_image(tmp_path / "src" / "x" / "0.png", (255, 0, 0))
+    write_image(tmp_path / "src" / "y" / "0.png", (0, 0, 255))
+    archive = tmp_path / "two.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname=".")
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path / "cache"))
+    source = load_source(data_cfg(path=str(archive)))
+    assert source.class_names == ["x", "y"]
+    batch = next(make_train_iterator(source, batch_size=2, image_size=4, channels=3, seed=1))
+    assert batch["image"].min() == -1.0 and batch["image"].max() == 1.0
+
+
+# ----------------------------------------------------------------------------- pipeline contract
+
+
+def test_batches_have_the_right_dtype_shape_and_range():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (16, 6, 6, 3), dtype=np.uint8)
+    images[0, 0, 0] = [0, 255, 0]  # make sure both extremes occur
+    source = ImageSource("rand", images, None, np.zeros(16, np.int32), None)
+    batch = next(make_train_iterator(source, batch_size=16, image_size=6, channels=3, seed=0))
+    assert batch["image"].dtype == np.float32 and batch["image"].shape == (16, 6, 6, 3)
+    assert batch["label"].dtype == np.int32 and batch["label"].shape == (16,)
+    assert batch["image"].min() == -1.0 and batch["image"].max() == 1.0
+    # Same pixels, reordered by the shuffle: compare as sorted per-image sums.
+    sums = np.sort(to_uint8(batch["image"]).sum(axis=(1, 2, 3)))
+    np.testing.assert_array_equal(sums, np.sort(images.astype(np.int64).sum(axis=(1, 2, 3))))
+
+
+def test_order_is_deterministic_from_the_seed():
+    source = in_memory_source(12)
+    kwargs = {"batch_size": 4, "image_size": 4, "channels": 1}
+    a = take(make_train_iterator(source, seed=7, **kwargs), 6)
+    b = take(make_train_iterator(source, seed=7, **kwargs), 6)
+    c = take(make_train_iterator(source, seed=8, **kwargs), 6)
+    np.testing.assert_array_equal(labels(a), labels(b))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert not np.array_equal(labels(a), labels(c))
+    # Every epoch is a permutation, and epochs differ.
+    epochs = labels(a).reshape(2, 12)
+    assert all(sorted(e) == list(range(12)) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])
+    # The image is the one the label belongs to.
+    assert (to_uint8(a[0]["image"])[:, 0, 0, 0] == a[0]["label"]).all()
+
+
+def test_resume_with_start_batch_matches_a_fresh_iterator_across_epochs():
+    source = in_memory_source(10)  # 10 examples, batches of 4: batch 2 spans epochs 0 and 1
+    kwargs = {"batch_size": 4, "image_size": 4, "channels": 1, "seed": 3}
+    fresh = take(make_train_iterator(source, **kwargs), 9)
+    for start in (1, 2, 3, 7):
+        resumed = take(make_train_iterator(source, start_batch=start, **kwargs), 9 - start)
+        for x, y in zip(fresh[start:], resumed, strict=True):
+            np.testing.assert_array_equal(x["label"], y["label"])
+            np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_processes_read_disjoint_shards():
+    source = in_memory_source(21)
+    seen = []
+    for index in range(3):
+        batches = take(
+            make_train_iterator(
+                source, batch_size=7, image_size=4, channels=1, seed=0,
+                process_index=index, process_count=3,
+            ),
+            1,
+        )
+        seen.append(set(batches[0]["label"].tolist()))
+    assert all(len(s) == 7 for s in seen)
+    assert set.union(*seen) == set(range(21)) and sum(len(s) for s in seen) == 21
+
+
+def test_in_memory_images_are_resized_and_converted():
+    source = in_memory_source(4, size=5, channels=1)
+    batch = next(make_train_iterator(source, batch_size=4, image_size=8, channels=3, seed=0))
+    assert batch["image"].shape == (4, 8, 8, 3)
+    # Resizing a constant image keeps it constant; gray becomes R = G = B.
+    pixels = to_uint8(batch["image"])
+    assert (pixels == batch["label"][:, None, None, None]).all()
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_folder_and_no_tfds_name(tmp_path):
+    with pytest.raises(UserError, match="does not exist; set --config.data.path"):
+        load_source(data_cfg(path=str(tmp_path / "nope")))
+    with pytest.raises(UserError, match="does not exist"):
+        load_source(data_cfg())
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError, match=r"no images found in .*\*\.png, \*\.jpg"):
+        load_source(data_cfg(path=str(tmp_path)))
+
+
+def _write_broken_images(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not a jpeg")
+    write_image(folder / "whole.jpg", (1, 2, 3), size=(32, 32))
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "whole.jpg").unlink()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+
+
+def test_all_images_unreadable(tmp_path):
+    _write_broken_images(tmp_path)
+    with pytest.raises(UserError, match=r"no readable images in .*\(3 files could not be read"):
+        load_source(data_cfg(path=str(tmp_path)))
+
+
+def test_some_images_unreadable_are_skipped(tmp_path, caplog):
+    _write_broken_images(tmp_path)
+    write_image(tmp_path / "good.png", (5, 5, 5))
+    with caplog.at_level(logging.WARNING):
+        source = load_source(data_cfg(path=str(tmp_path)))
+    assert [Path(p).name for p in source.paths] == ["good.png"]
+    assert "skipping 3 of 4 image files" in caplog.text
+
+
+def test_mixed_sizes_are_resized_with_center_crop(tmp_path, caplog):
+    write_image(tmp_path / "a.png", (100, 100, 100), size=(4, 4))
+    wide = Image.new("RGB", (12, 4), (0, 0, 0))  # black | white | black: the crop keeps white
+    wide.paste((255, 255, 255), (4, 0, 8, 4))
+    wide.save(tmp_path / "b.png")
+    with caplog.at_level(logging.WARNING):
+        source = load_source(data_cfg(path=str(tmp_path)))
+    assert "2 different sizes" in caplog.text
+    iterator = make_train_iterator(source, batch_size=2, image_size=8, channels=3, seed=0)
+    images = sorted(to_uint8(next(iterator)["image"]), key=lambda x: x.mean())
+    assert images[0].shape == (8, 8, 3)
+    assert (images[0] == 100).all() and (images[1] == 255).all()
+
+
+def test_mixed_channels_are_converted(tmp_path, caplog):
+    write_image(tmp_path / "gray.png", 60, mode="L")
+    write_image(tmp_path / "rgb.png", (10, 20, 30))
+    write_image(tmp_path / "rgba.png", (90, 90, 90, 0), mode="RGBA")
+    write_image(tmp_path / "graya.png", (200, 7), mode="LA")
+    with caplog.at_level(logging.WARNING):
+        source = load_source(data_cfg(path=str(tmp_path)))
+    assert "mixed channels" in caplog.text and "1 gray," in caplog.text
+
+    rgb = next(make_train_iterator(source, batch_size=4, image_size=8, channels=3, seed=0))
+    colours = {tuple(to_uint8(img)[0, 0]) for img in rgb["image"]}
+    assert colours == {(60, 60, 60), (10, 20, 30), (90, 90, 90), (200, 200, 200)}
+
+    gray = next(make_train_iterator(source, batch_size=4, image_size=8, channels=1, seed=0))
+    assert gray["image"].shape == (4, 8, 8, 1)
+    luma = round(0.2989 * 10 + 0.587 * 20 + 0.114 * 30)
+    assert {int(to_uint8(img)[0, 0, 0]) for img in gray["image"]} == {60, luma, 90, 200}
+
+
+def test_batch_larger_than_the_shard(tmp_path):
+    source = in_memory_source(10)
+    with pytest.raises(UserError, match=r"batch of 8 .* the 5 examples"):
+        make_train_iterator(
+            source, batch_size=8, image_size=4, channels=1, seed=0,
+            process_index=1, process_count=2,
+        )
+
+
+@pytest.mark.parametrize(("image_size", "channels"), [(0, 1), (4, 2), (4, 4)])
+def test_bad_image_size_or_channels(image_size, channels):
+    with pytest.raises(UserError, match="image size|channels"):
+        make_train_iterator(
+            in_memory_source(4), batch_size=2, image_size=image_size, channels=channels, seed=0
+        )
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def test_unknown_tfds_name_suggests_close_matches():
+    with pytest.raises(UserError, match="unknown TFDS dataset 'mnsit'") as info:
+        load_source(data_cfg(tfds_name="mnsit"))
+    assert "'mnist'" in str(info.value) and "data.path" in str(info.value)
+
+
+def test_tfds_mock_loads_and_batches(tmp_path, caplog):
+    import tensorflow_datasets as tfds
+
+    cfg = data_cfg(path=str(tmp_path / "not-here"), tfds_name="mnist")
+    with tfds.testing.mock_data(num_examples=12), caplog.at_level(logging.INFO):
+        source = load_source(cfg)
+    assert "not found; using TFDS dataset 'mnist'" in caplog.text
+    assert source.images.shape == (12, 28, 28, 1) and source.images.dtype == np.uint8
+    assert source.labels.dtype == np.int32 and source.class_names[:2] == ["0", "1"]
+    batch = next(make_train_iterator(source, batch_size=4, image_size=32, channels=1, seed=0))
+    assert batch["image"].shape == (4, 32, 32, 1) and batch["label"].shape == (4,)
+
+
+def test_tfds_load_failure_says_how_to_get_the_data(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to reach the host\ntraceback details")
+
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(UserError) as info:
+        load_source(data_cfg(tfds_name="mnist"))
+    message = str(info.value)
+    assert "loading TFDS 'mnist' failed: Failed to reach the host;" in message
+    assert "tfds build mnist" in message and "data.path" in message
+    assert "\n" not in message
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_real_mnist_files():
+    if not REAL_MNIST.is_dir():
+        pytest.skip(f"real MNIST files not found at {REAL_MNIST}")
+    train = load_source(data_cfg(path=str(REAL_MNIST)), split="train")
+    test = load_source(data_cfg(path=str(REAL_MNIST)), split="test")
+    assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
+    for source in (train, test):
+        assert source.labels.min() == 0 and source.labels.max() == 9
+        assert len(np.unique(source.labels)) == 10
+    batch = next(make_train_iterator(test, batch_size=64, image_size=28, channels=1, seed=0))
+    assert batch["image"].shape == (64, 28, 28, 1)
+    assert batch["image"].min() == -1.0 and batch["image"].max() == 1.0

@@ -1,0 +1,96 @@
+"""The one command line: train, sample from and (later) evaluate every model here.
+
+    python train.py --config gans_jax/configs/dcgan_fashion_mnist.py --workdir runs/fashion
+    python train.py --config gans_jax/configs/dcgan_mnist.py:smoke --workdir /tmp/smoke \
+        --config.num_steps=20
+    python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
+
+Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
+printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# Keep TensorFlow (used only for tf.data) quiet and off any GPU before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+COMMANDS = ("train", "sample")
+
+config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, logs and summary.")
+flags.DEFINE_integer("num", 64, "sample: number of images.")
+flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png).")
+flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
+flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
+FLAGS = flags.FLAGS
+
+
+def trainer_module(config):
+    """The module named by ``config.trainer`` (e.g. gans_jax.trainers.dcgan)."""
+    return importlib.import_module(config.trainer)
+
+
+def run_train() -> None:
+    if FLAGS.config is None:
+        raise_usage("train needs --config path.py[:variant]")
+    summary = trainer_module(FLAGS.config).train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info("done: step %s, %s images/s; outputs in %s", summary["final_step"],
+                 summary["images_per_s"], FLAGS.workdir)
+
+
+def run_sample() -> None:
+    from common_jax.checkpoint import restore_for_inference
+
+    def load_trainer(config):
+        return trainer_module(config)
+
+    config, state, trainer = restore_for_inference(FLAGS.workdir, load_trainer)
+    images = trainer.generate(state, trainer.sample_z(config, FLAGS.num, FLAGS.seed), config,
+                              use_ema=FLAGS.ema)
+    from common_jax.writers import save_image_grid
+
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "sample.png")
+    scale = max(1, 128 // images.shape[1])
+    save_image_grid(images, out, scale=scale)
+    print(f"wrote {len(images)} samples from step {int(state.step)} "
+          f"({'EMA' if FLAGS.ema else 'raw'} weights) to {out}")
+
+
+def raise_usage(message: str) -> None:
+    from common_jax.errors import UserError
+
+    raise UserError(message)
+
+
+def main(argv) -> None:
+    from common_jax import parallel
+    from common_jax.errors import UserError
+    from common_jax.loop import TrainingDiverged
+
+    command = argv[1] if len(argv) > 1 else "train"
+    try:
+        if command not in COMMANDS or len(argv) > 2:
+            raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
+                        f"{', '.join(COMMANDS)}")
+        if not FLAGS.workdir:
+            raise_usage("--workdir is required (where checkpoints and outputs go)")
+        parallel.maybe_initialize_distributed()
+        {"train": run_train, "sample": run_sample}[command]()
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
