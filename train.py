@@ -12,6 +12,7 @@ printed as one line that names the fix (exit status 2); a diverged run exits wit
 from __future__ import annotations
 
 import importlib
+import logging as std_logging
 import os
 import sys
 
@@ -22,6 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 COMMANDS = ("train", "sample")
+log = std_logging.getLogger("__main__")
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
                                 lock_config=True)
@@ -42,7 +44,7 @@ def run_train() -> None:
     if FLAGS.config is None:
         raise_usage("train needs --config path.py[:variant]")
     summary = trainer_module(FLAGS.config).train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    logging.info("done: step %s, %s images/s; outputs in %s", summary["final_step"],
+    log.info("done: step %s, %s images/s; outputs in %s", summary["final_step"],
                  summary["images_per_s"], FLAGS.workdir)
 
 
@@ -70,7 +72,15 @@ def raise_usage(message: str) -> None:
     raise UserError(message)
 
 
+def configure_logging() -> None:
+    """Our messages at INFO; libraries (Orbax, TensorFlow) only at WARNING and above."""
+    logging.set_verbosity(logging.WARNING)
+    for package in ("common_jax", "gans_jax", "classifiers_jax", "__main__"):
+        std_logging.getLogger(package).setLevel(std_logging.INFO)
+
+
 def main(argv) -> None:
+    configure_logging()
     from common_jax import parallel
     from common_jax.errors import UserError
     from common_jax.loop import TrainingDiverged

@@ -11,6 +11,7 @@ refused unless the config allows the change.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import logging
 
 from common_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = frozenset({
@@ -119,7 +121,7 @@ class Checkpointer:
         if not differences:
             return
         if config.get("allow_config_change", False):
-            logging.warning("resuming step %d despite config changes: %s", step,
+            log.warning("resuming step %d despite config changes: %s", step,
                             "; ".join(differences))
             return
         raise UserError(
@@ -132,7 +134,7 @@ class Checkpointer:
         aside = self.workdir / "corrupt_checkpoints" / str(step)
         aside.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(self.directory / str(step)), str(aside))
-        logging.warning("checkpoint at step %d is unreadable (%s: %s); moved it to %s and "
+        log.warning("checkpoint at step %d is unreadable (%s: %s); moved it to %s and "
                         "falling back to the previous checkpoint", step, type(error).__name__,
                         str(error).splitlines()[0][:200] if str(error) else "", aside)
         self.manager.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import platform
 import signal
@@ -23,13 +24,14 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from common_jax import data as data_lib
 from common_jax.checkpoint import Checkpointer
 from common_jax.errors import UserError
 from common_jax.parallel import DataParallel
 from common_jax.writers import RunWriter
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UserError):
@@ -94,7 +96,7 @@ class Progress:
             if self.bar is not None:
                 self.bar.set_postfix(img_s=f"{self.rate * self.images_per_step:.0f}", **shown)
             elif step % self.log_every == 0:
-                logging.info("step %d: %.2f steps/s, %.0f images/s, %s", step, self.rate,
+                log.info("step %d: %.2f steps/s, %.0f images/s, %s", step, self.rate,
                              self.rate * self.images_per_step, shown)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
@@ -125,7 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     dp = DataParallel(config.parallel)
     local_batch = dp.check_batch_size(config.batch_size)
     source = data_lib.load_source(config.data, split=config.data.split)
-    logging.info("data: %s, %d examples; %d devices (%s), mode %s, global batch %d",
+    log.info("data: %s, %d examples; %d devices (%s), mode %s, global batch %d",
                  source.name, source.num_examples, dp.num_devices, jax.devices()[0].platform,
                  dp.mode, config.batch_size)
 
@@ -139,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
         state, meta = restored
         start_step = int(meta["step"])
         start_batch = int(meta["data"]["batches_consumed"])
-        logging.info("resuming from the checkpoint at step %d", start_step)
+        log.info("resuming from the checkpoint at step %d", start_step)
     last_saved = start_step if restored is not None else None
 
     writer = RunWriter(workdir, primary=primary)
@@ -209,7 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
         end_time = time.perf_counter()
         save(step, device_state)
         if stopped_by:
-            logging.warning("stopped by %s at step %d; checkpoint saved in %s; run the same "
+            log.warning("stopped by %s at step %d; checkpoint saved in %s; run the same "
                             "command to resume", stopped_by, step, workdir)
         else:
             host_state = dp.get_state(device_state)

@@ -1,0 +1,1 @@
+"""Benchmarks: separate from the tests; each script runs alone and writes a JSON record."""

@@ -1,0 +1,5 @@
+"""CNN classifiers in JAX/Flax (MNIST, Fashion-MNIST, CIFAR-10/100), built on `common_jax`.
+
+The package shares the data pipelines, parallel steps, checkpoints and loop of `common_jax`;
+its models and trainers follow the same layout as `gans_jax`.
+"""
