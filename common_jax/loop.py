@@ -46,6 +46,8 @@ class Task:
     train_step: Callable  # per-device (state, batch) -> (state, metrics); metrics pmean-ed
     # name -> (every_n_steps, fn(host_state, step, writer, final=...)); also run at the end
     periodic: dict[str, tuple[int, Callable]] = dataclasses.field(default_factory=dict)
+    # called once with the data source before training (e.g. to keep reference images)
+    prepare: Callable[[data_lib.ImageSource], None] | None = None
     progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
     plot_metrics: tuple[str, ...] = ()  # drawn in losses.png
 
@@ -131,6 +133,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                  source.name, source.num_examples, dp.num_devices, jax.devices()[0].platform,
                  dp.mode, config.batch_size)
 
+    if task.prepare is not None:
+        task.prepare(source)
+
     # ---- state: restore the latest checkpoint or start fresh ---------------------------
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     abstract_state = jax.eval_shape(task.create_state)
@@ -197,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                     finish_step(*pending)
                 pending = (step, device_metrics)
                 periodic_due = [name for name, (every, _) in task.periodic.items()
-                                if every and step % every == 0]
+                                if every and step % every == 0 and step < config.num_steps]
                 if step % config.checkpoint_every == 0 or periodic_due:
                     finish_step(*pending)  # never save or show a state not yet checked
                     pending = None

@@ -9,13 +9,21 @@ It has two exact formulations of the same function and parameters:
   gradient of the input-dilated convolution is tens of times slower than that of a regular
   convolution, so this form trains several times faster there.
 "auto" picks "subpixel" on CPU and "xla" elsewhere.
+
+Below it are the layer choices a GAN config can switch: `Upsample` (UPSAMPLE methods),
+`Downsample` (DOWNSAMPLE methods, optional spectral norm) and `make_norm` (NORMS).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from common_jax.errors import UserError
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # Output o = 2*i + k - 1. Even outputs 2m read inputs (m-1, m) through taps (3, 1); odd outputs
@@ -65,3 +73,181 @@ class ConvTranspose4x4(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features))
         return conv_transpose_4x4(x.astype(self.dtype), kernel.astype(self.dtype),
                                   impl=self.impl)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer choices a GAN config can switch: upsampling, downsampling, normalisation.
+
+UPSAMPLE = ("transpose4", "transpose3", "nearest", "bilinear", "pixel_shuffle")
+DOWNSAMPLE = ("strided", "avg_pool")
+NORMS = ("batch", "instance", "pixel", "layer", "none")
+_IMPLS = ("auto", "xla", "subpixel")
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {what} '{value}'; choose one of {', '.join(choices)}")
+
+
+def conv_transpose_3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [B, H, W, Cin], kernel [3, 3, Cin, Cout] -> [B, 2H, 2W, Cout].
+
+    PyTorch's ``ConvTranspose2d(k=3, s=2, p=1, output_padding=1)``: output o = 2*i + k - 1,
+    kept for 0 <= o < 2H. The dilated input is padded by k-1-p = 1 before and 1+1 after.
+    """
+    return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2), ((1, 2), (1, 2)),
+                                  dimension_numbers=_DIMS, transpose_kernel=True)
+
+
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 convolution with SAME padding; kernel [kh, kw, Cin, Cout]."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
+
+
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+    """[B, H, W, C * r*r] -> [B, rH, rW, C] with PyTorch's PixelShuffle order: input channel
+    ``c*r*r + i*r + j`` goes to output pixel ``(r*h + i, r*w + j)`` of channel c."""
+    batch, height, width, channels = x.shape
+    out = channels // (block * block)
+    x = x.reshape(batch, height, width, out, block, block)
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # [B, H, i, W, j, C]
+    return x.reshape(batch, height * block, width * block, out)
+
+
+def icnr(base_init: nn.initializers.Initializer, phases: int = 4) -> nn.initializers.Initializer:
+    """ICNR (Aitken et al. 2017): initialise one sub-kernel and repeat it for every phase.
+
+    Before depth_to_space each output channel's `phases` sub-pixel channels are then equal, so
+    the pixel shuffle starts as resize-convolution (nearest upsampling): no checkerboard.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        sub = base_init(key, (*shape[:-1], shape[-1] // phases), dtype)
+        return jnp.repeat(sub, phases, axis=-1)  # channel c*phases + p <- sub-kernel c
+
+    return init
+
+
+class Upsample(nn.Module):
+    """Doubles H and W and maps to `features` channels (no bias).
+
+    Methods (`UPSAMPLE`); the one parameter is "kernel", so "transpose4" has exactly the
+    parameters of `ConvTranspose4x4` (a DCGAN can switch to this module without changing its
+    parameter tree):
+    - "transpose4": transposed conv k4 s2 p1, `ConvTranspose4x4` (`impl` picks its form).
+    - "transpose3": transposed conv k3 s2 (PyTorch p=1, output_padding=1). Kernel size not
+      divisible by the stride gives uneven overlap: checkerboard artifacts (Odena et al. 2016).
+    - "nearest" / "bilinear": resize x2 then a 3x3 conv, Odena et al.'s resize-convolution.
+    - "pixel_shuffle": 3x3 conv to 4*features channels then depth_to_space (sub-pixel conv,
+      Shi et al. 2016), ICNR-initialised so it starts free of checkerboard.
+    """
+
+    features: int
+    method: str = "transpose4"
+    impl: str = "auto"  # transpose4 only; see conv_transpose_4x4
+    kernel_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_choice("upsampling method", self.method, UPSAMPLE)
+        _check_choice("upsampling impl", self.impl, _IMPLS)
+        cin, x = x.shape[-1], x.astype(self.dtype)
+        if self.method == "transpose4":
+            kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features))
+            return conv_transpose_4x4(x, kernel.astype(self.dtype), impl=self.impl)
+        if self.method == "transpose3":
+            kernel = self.param("kernel", self.kernel_init, (3, 3, cin, self.features))
+            return conv_transpose_3x3(x, kernel.astype(self.dtype))
+        if self.method == "pixel_shuffle":
+            kernel = self.param("kernel", icnr(self.kernel_init), (3, 3, cin, 4 * self.features))
+            return depth_to_space(conv_same(x, kernel.astype(self.dtype)))
+        kernel = self.param("kernel", self.kernel_init, (3, 3, cin, self.features))
+        batch, height, width, _ = x.shape
+        x = jax.image.resize(x, (batch, 2 * height, 2 * width, cin), method=self.method)
+        return conv_same(x, kernel.astype(self.dtype))
+
+
+class Downsample(nn.Module):
+    """Halves H and W and maps to `features` channels (no bias).
+
+    Methods (`DOWNSAMPLE`); the convolution is the submodule "conv":
+    - "strided": conv k4 s2 p1, the DCGAN discriminator's layer (kernel [4, 4, Cin, Cout]).
+    - "avg_pool": 3x3 SAME conv then 2x2 average pooling.
+    `spectral_norm` divides the kernel by its largest singular value, estimated by power
+    iteration (Miyato et al. 2018), which bounds the layer's Lipschitz constant. Flax's
+    SpectralNorm keeps the power-iteration vector `u` and `sigma` in the "batch_stats"
+    collection (under "SpectralNorm_0"), so apply with ``mutable=["batch_stats"]`` when
+    ``train=True`` (which advances the power iteration), as for batch norm. Flax quirk: at init
+    SpectralNorm writes the kernel back already divided by its first sigma estimate, so the
+    stored kernel is ``kernel_init(...) / sigma`` (norm ~1), not the raw draw; the layer's
+    output does not depend on the kernel's scale, only the step size relative to it does.
+    """
+
+    features: int
+    method: str = "strided"
+    spectral_norm: bool = False
+    kernel_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        _check_choice("downsampling method", self.method, DOWNSAMPLE)
+        strided = self.method == "strided"
+        conv = nn.Conv(self.features, (4, 4) if strided else (3, 3),
+                       strides=(2, 2) if strided else (1, 1),
+                       padding=((1, 1), (1, 1)) if strided else "SAME", use_bias=False,
+                       kernel_init=self.kernel_init, dtype=self.dtype, name="conv")
+        x = x.astype(self.dtype)
+        x = nn.SpectralNorm(conv)(x, update_stats=train) if self.spectral_norm else conv(x)
+        return x if strided else nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class PixelNorm(nn.Module):
+    """ProGAN's pixelwise feature normalisation (Karras et al. 2018): each pixel's feature
+    vector is scaled to unit mean square over the channels. No parameters."""
+
+    epsilon: float = 1e-8
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean_square = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+        return (x * jax.lax.rsqrt(mean_square + self.epsilon)).astype(x.dtype)
+
+
+class Identity(nn.Module):
+    """The "none" normalisation."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+def bn_scale_init(key, shape, dtype=jnp.float32):
+    """Batch-norm scale ~ N(1, 0.02), as in the reference DCGAN."""
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def make_norm(kind: str, *, train: bool, axis_name: str | None,
+              dtype: jnp.dtype = jnp.float32) -> Callable[..., nn.Module]:
+    """A normalisation constructor for NHWC maps: ``make_norm(...)(name="bn")(x)``.
+
+    - "batch": batch statistics (averaged over the `axis_name` device axis) in training,
+      running averages in evaluation; PyTorch's momentum 0.1 and eps 1e-5; scale ~ N(1, 0.02).
+    - "instance": each example and channel over H, W (Ulyanov et al. 2016); learned affine.
+    - "pixel": `PixelNorm` (ProGAN).
+    - "layer": each example over H, W, C with a per-channel affine; independent of the other
+      examples, so usable in WGAN-GP critics whose gradient penalty is per example.
+    - "none": identity.
+    """
+    _check_choice("normalisation", kind, NORMS)
+    if kind == "batch":
+        return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, scale_init=bn_scale_init, axis_name=axis_name,
+                                 dtype=dtype)
+    if kind == "instance":
+        return functools.partial(nn.InstanceNorm, epsilon=1e-5, dtype=dtype)
+    if kind == "layer":
+        return functools.partial(nn.LayerNorm, epsilon=1e-5, reduction_axes=(-3, -2, -1),
+                                 feature_axes=-1, dtype=dtype)
+    return PixelNorm if kind == "pixel" else Identity

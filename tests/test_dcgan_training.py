@@ -105,11 +105,14 @@ def test_run_writes_samples_plot_summary_and_tensorboard(digits, tmp_path):
     assert list((tmp_path / "tensorboard").iterdir())
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().split("\n")
                if line]
-    assert [r["step"] for r in records] == [2, 4, 6]
+    losses = [r for r in records if "d_loss" in r]
+    assert [r["step"] for r in losses] == [2, 4, 6]
+    checkerboard = [r for r in records if "checkerboard" in r]
+    assert [r["step"] for r in checkerboard] == [3, 6]  # every sample grid, and the final one
     assert {"d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm", "d_grad_norm"} <= set(
-        records[0])
+        losses[0])
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert set(saved["final_metrics"]) >= {"d_loss", "g_loss"}
+    assert set(saved["final_metrics"]) >= {"d_loss", "g_loss", "checkerboard"}
 
 
 def test_checkpoint_from_a_different_config_is_refused_unless_allowed(digits, tmp_path):

@@ -23,8 +23,4 @@ def get_config(variant: str | None = None):
     c.num_steps = 20_000
     c.sample_every = 250
     c.checkpoint_every = 250
-    if variant == "smoke":
-        c = dcgan_base.smoke(c)
-    elif variant:
-        raise ValueError(f"unknown variant '{variant}'; this config has: smoke")
-    return c
+    return dcgan_base.with_variant(c, variant)

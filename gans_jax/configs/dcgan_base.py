@@ -19,13 +19,32 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.z_dim = 100  # the paper's 100-d uniform/normal noise
     c.model.g_width = 64  # ngf
     c.model.d_width = 64  # ndf
-    c.model.upsample_impl = "auto"  # transposed conv as "xla" or "subpixel" (same function)
+    # The paper's choices; each can be switched (gans_jax.layers, common_jax.activations).
+    c.model.upsample = "transpose4"  # transpose3, nearest, bilinear, pixel_shuffle
+    c.model.upsample_impl = "auto"  # transpose4 as "xla" or "subpixel" (the same function)
+    c.model.downsample = "strided"  # or avg_pool
+    c.model.g_norm = "batch"  # batch, instance, pixel, layer, none
+    c.model.d_norm = "batch"
+    c.model.d_spectral_norm = False
+    c.model.g_activation = "relu"  # any name in common_jax.activations.ACTIVATIONS
+    c.model.d_activation = "leaky_relu"
+    c.model.d_slope = 0.2  # LeakyReLU slope in D
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.g_lr = 2e-4  # the paper: Adam 2e-4, beta1 0.5
     c.optimizer.d_lr = 2e-4
     c.optimizer.b1 = 0.5
     c.optimizer.b2 = 0.999
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "non_saturating"  # or minimax, lsgan, wasserstein, hinge
+    c.loss.real_label = 1.0  # one-sided label smoothing: e.g. 0.9 (BCE and LSGAN losses)
+    c.loss.gradient_penalty = 0.0  # WGAN-GP weight (the paper: 10)
+    c.loss.r1 = 0.0  # R1 gamma: adds gamma/2 * E||grad D(x)||^2 on real data
+    c.loss.drift = 0.0  # ProGAN's drift weight on D(x)^2 (the paper: 0.001)
+    c.n_critic = 1  # D updates per G update (WGAN-GP: 5)
+    c.instance_noise = 0.0  # std of Gaussian noise on D's inputs (images are in [-1, 1])
+    c.instance_noise_steps = 0  # anneal that std linearly to 0 over these steps (0: constant)
 
     c.batch_size = 128  # global, over all devices and processes (the paper used 128)
     c.num_steps = 10_000
@@ -39,6 +58,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.progress_bar = True
     c.allow_config_change = False  # resume a workdir whose checkpoint has another config
+    return c
+
+
+def with_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+    """Applies a named variant to an experiment's config (only `smoke` so far)."""
+    if variant == "smoke":
+        return smoke(c)
+    if variant:
+        raise ValueError(f"unknown variant '{variant}'; DCGAN configs have: smoke")
     return c
 
 

@@ -20,8 +20,4 @@ def get_config(variant: str | None = None):
     c.model.channels = 1
     c.batch_size = 64
     c.num_steps = 3000
-    if variant == "smoke":
-        c = dcgan_base.smoke(c)
-    elif variant:
-        raise ValueError(f"unknown variant '{variant}'; this config has: smoke")
-    return c
+    return dcgan_base.with_variant(c, variant)

@@ -21,8 +21,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from common_jax import data as data_lib
 from common_jax import loop, parallel
 from common_jax.state import NetState, apply_gradients, create_net_state
+from gans_jax import checkerboard, losses
 from gans_jax.models.dcgan import Discriminator, Generator
 
 
@@ -41,8 +43,11 @@ def make_models(config: ml_collections.ConfigDict, axis_name: str | None = None)
     """The generator and discriminator for a config (axis_name syncs batch norm)."""
     m = config.model
     g = Generator(image_size=m.image_size, channels=m.channels, width=m.g_width,
-                  axis_name=axis_name, upsample_impl=m.upsample_impl)
-    d = Discriminator(image_size=m.image_size, width=m.d_width, axis_name=axis_name)
+                  axis_name=axis_name, upsample=m.upsample, upsample_impl=m.upsample_impl,
+                  norm=m.g_norm, activation=m.g_activation)
+    d = Discriminator(image_size=m.image_size, width=m.d_width, axis_name=axis_name,
+                      downsample=m.downsample, norm=m.d_norm, spectral_norm=m.d_spectral_norm,
+                      activation=m.d_activation, slope=m.d_slope)
     return g, d
 
 
@@ -68,26 +73,33 @@ def create_state(config: ml_collections.ConfigDict) -> GANState:
                     step=jnp.zeros((), jnp.int32), key=key_train)
 
 
-def bce_with_logits(logits: jax.Array, target: float) -> jax.Array:
-    """Mean binary cross-entropy of logits against a constant target."""
-    return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)).mean()
-
-
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
     """EMA decay that starts low so the average is not dominated by the random init."""
     step = step.astype(jnp.float32)
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def instance_noise_at(step: jax.Array, config) -> jax.Array:
+    """Std of the Gaussian noise added to D's inputs, annealed linearly to 0 (if configured)."""
+    std, steps = config.instance_noise, config.instance_noise_steps
+    if not std:
+        return jnp.zeros((), jnp.float32)
+    if not steps:
+        return jnp.asarray(std, jnp.float32)
+    return std * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / steps)
+
+
 def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDict):
-    """One D update and one G update on this device's slice of the batch."""
+    """One D update, and one G update every ``n_critic`` steps, on this device's batch slice."""
     g_model, d_model = make_models(config, axis_name=parallel.AXIS)
     g_tx, d_tx = make_optimizers(config)
+    loss_cfg = config.loss
     real = batch["image"]
     local_batch = real.shape[0]
 
     key = jax.random.fold_in(state.key, state.step)
-    z = jax.random.normal(key, (config.batch_size, config.model.z_dim))
+    key_z, key_noise, key_penalty = jax.random.split(key, 3)
+    z = jax.random.normal(key_z, (config.batch_size, config.model.z_dim))
     z = parallel.local_batch_slice(z, local_batch)
 
     def generate(g_params):
@@ -95,7 +107,14 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
                                       mutable=["batch_stats"])
         return fake, updates["batch_stats"]
 
+    # G's forward pass runs once: D trains on its detached output, G on its VJP.
     fake, g_vjp, g_batch_stats = jax.vjp(generate, state.g.params, has_aux=True)
+
+    # Instance noise (Sonderby et al. 2016): both of D's inputs get the same noise level.
+    noise_std = instance_noise_at(state.step, config)
+    noise = jax.random.normal(key_noise, (2, config.batch_size, *real.shape[1:]))
+    real_noise, fake_noise = (noise_std * parallel.local_batch_slice(n, local_batch)
+                              for n in noise)
 
     def discriminate(d_params, batch_stats, images):
         logits, updates = d_model.apply({"params": d_params, "batch_stats": batch_stats},
@@ -103,9 +122,24 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
         return logits, updates["batch_stats"]
 
     def d_loss_fn(d_params):
-        real_logits, stats = discriminate(d_params, state.d.batch_stats, real)
-        fake_logits, stats = discriminate(d_params, stats, jax.lax.stop_gradient(fake))
-        loss = bce_with_logits(real_logits, 1.0) + bce_with_logits(fake_logits, 0.0)
+        real_logits, stats = discriminate(d_params, state.d.batch_stats, real + real_noise)
+        fake_in = jax.lax.stop_gradient(fake) + fake_noise
+        fake_logits, stats = discriminate(d_params, stats, fake_in)
+        loss = losses.discriminator_loss(loss_cfg.kind, real_logits=real_logits,
+                                         fake_logits=fake_logits, real_label=loss_cfg.real_label)
+
+        def critic(images):  # statistics of penalty batches are not kept
+            return discriminate(d_params, stats, images)[0]
+
+        # Penalty randomness differs per device (fine for the statistics it estimates).
+        device_key = jax.random.fold_in(key_penalty, jax.lax.axis_index(parallel.AXIS))
+        if loss_cfg.gradient_penalty:
+            loss += loss_cfg.gradient_penalty * losses.gradient_penalty(
+                critic, real=real, fake=jax.lax.stop_gradient(fake), key=device_key)
+        if loss_cfg.r1:
+            loss += 0.5 * loss_cfg.r1 * losses.r1_penalty(critic, real=real)
+        if loss_cfg.drift:
+            loss += loss_cfg.drift * losses.drift_penalty(real_logits=real_logits)
         return loss, (stats, real_logits, fake_logits)
 
     (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
@@ -113,14 +147,26 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
     d_grads = jax.lax.pmean(d_grads, parallel.AXIS)
     d = apply_gradients(state.d, d_grads, d_tx)
 
-    def g_loss_fn(fake_images):  # non-saturating: G maximises log D(G(z))
-        logits, stats = discriminate(d.params, d_stats, fake_images)
-        return bce_with_logits(logits, 1.0), stats
+    def g_loss_fn(fake_images):
+        logits, stats = discriminate(d.params, d_stats, fake_images + fake_noise)
+        return losses.generator_loss(loss_cfg.kind, fake_logits=logits), stats
 
-    (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-    (g_grads,) = g_vjp(fake_grads)
-    g_grads = jax.lax.pmean(g_grads, parallel.AXIS)
-    g = apply_gradients(state.g, g_grads, g_tx).replace(batch_stats=g_batch_stats)
+    def update_g(_):  # through the updated D, reusing G's forward pass
+        (g_loss, stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+        (g_grads,) = g_vjp(fake_grads)
+        g_grads = jax.lax.pmean(g_grads, parallel.AXIS)
+        return apply_gradients(state.g, g_grads, g_tx), stats, g_loss, optax.tree.norm(g_grads)
+
+    def skip_g(_):  # D-only step (n_critic > 1): still report G's loss
+        g_loss, stats = g_loss_fn(fake)
+        return state.g, stats, g_loss, jnp.zeros((), jnp.float32)
+
+    if config.n_critic == 1:
+        g, d_stats, g_loss, g_grad_norm = update_g(None)
+    else:
+        due = (state.step + 1) % config.n_critic == 0
+        g, d_stats, g_loss, g_grad_norm = jax.lax.cond(due, update_g, skip_g, None)
+    g = g.replace(batch_stats=g_batch_stats)
     decay = ema_decay_at(state.step, config.ema_decay)
     g_ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.g_ema, g.params)
 
@@ -128,7 +174,8 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
         "d_loss": d_loss, "g_loss": g_loss,
         "d_real": jax.nn.sigmoid(real_logits).mean(),  # D(x)
         "d_fake": jax.nn.sigmoid(fake_logits).mean(),  # D(G(z)) before D's update
-        "g_grad_norm": optax.tree.norm(g_grads), "d_grad_norm": optax.tree.norm(d_grads),
+        "real_score": real_logits.mean(), "fake_score": fake_logits.mean(),  # raw critic
+        "g_grad_norm": g_grad_norm, "d_grad_norm": optax.tree.norm(d_grads),
         # 1.0 while the updated weights are finite; the loop stops the run otherwise
         "finite": parallel.tree_all_finite((g.params, d.params)).astype(jnp.float32),
     }
@@ -160,18 +207,36 @@ def generate(state: GANState, z: jax.Array, config, *, use_ema: bool = True) -> 
     return np.asarray(_generate(state, z, frozen, use_ema))
 
 
+def reference_images(source, config, num: int = 256) -> np.ndarray:
+    """A fixed set of real training images (for normalising image statistics)."""
+    num = min(num, source.num_examples)
+    batches = data_lib.make_train_iterator(
+        source, batch_size=num, image_size=config.model.image_size,
+        channels=config.model.channels, seed=config.seed + 1)
+    return next(batches)["image"]
+
+
 def make_task(config: ml_collections.ConfigDict) -> loop.Task:
     """What the shared loop needs to train a DCGAN."""
     fixed_z = sample_z(config, config.num_samples)
+    reference = {}
+
+    def prepare(source):
+        reference["fraction"] = float(checkerboard.aliasing_energy_fraction(
+            reference_images(source, config)).mean())
 
     def write_samples(state: GANState, step: int, writer, *, final: bool = False):
         images = generate(state, fixed_z, config)
         writer.write_image_grid(step, "samples", images, final=final)
+        fake_fraction = float(checkerboard.aliasing_energy_fraction(images).mean())
+        writer.write_scalars(step, {
+            "checkerboard": fake_fraction / max(reference["fraction"], 1e-12)})
 
     return loop.Task(
         create_state=functools.partial(create_state, config),
         train_step=functools.partial(train_step, config=ml_collections.FrozenConfigDict(config)),
         periodic={"samples": (config.sample_every, write_samples)},
+        prepare=prepare,
         progress_metrics=("d_loss", "g_loss", "d_real", "d_fake"),
         plot_metrics=("d_loss", "g_loss"),
     )
