@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import optax
 from common_jax import data as data_lib
 from common_jax import metrics
 from common_jax.checkpoint import restore_for_inference
+from common_jax.config_utils import apply_overrides
 from gans_jax import checkerboard
 from gans_jax.configs import dcgan_mnist
 from gans_jax.trainers import dcgan
@@ -59,13 +61,7 @@ def variant_config(overrides: dict, steps: int) -> ml_collections.ConfigDict:
     c.progress_bar = False
     c.sample_every = max(steps // 4, 1)
     c.checkpoint_every = max(steps // 4, 1)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 class Judge(nn.Module):
@@ -177,6 +173,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--docs", default="docs/ablation", help="where grid copies go")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common_jax.config_utils import apply_overrides
 from gans_jax.configs import dcgan_mnist
 
 
@@ -33,10 +34,4 @@ def smoke_config(data_path: Path, **overrides):
     c = dcgan_mnist.get_config("smoke")
     c.data.path = str(data_path)
     c.data.tfds_name = ""
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
