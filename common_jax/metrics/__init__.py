@@ -1,4 +1,13 @@
-"""Distribution metrics computed on the host in float64 (shared by GAN evaluations)."""
+"""Distribution metrics computed on the host in float64 (shared by GAN evaluations).
+
+This package's top level holds the small host-side functions (feature statistics, the Frechet
+distance, class coverage). The GAN image metrics live in submodules, imported on demand because
+they pull in JAX and Flax:
+- `inception`: the FID Inception network in Flax, its input preprocessing and loader.
+- `convert_inception`: converts the TorchScript / pytorch-fid weights to our .npz file.
+- `gan_metrics`: FID, KID, Inception Score, precision/recall, streaming statistics, the
+  data-parallel feature extraction and the cached reference statistics.
+"""
 
 from __future__ import annotations
 
