@@ -1,9 +1,10 @@
-"""The one command line: train, sample from and (later) evaluate every model here.
+"""The one command line: train, sample from and classify with every model here.
 
     python train.py --config gans_jax/configs/dcgan_fashion_mnist.py --workdir runs/fashion
     python train.py --config gans_jax/configs/dcgan_mnist.py:smoke --workdir /tmp/smoke \
         --config.num_steps=20
     python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
+    python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
 
 Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
 printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
@@ -22,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-COMMANDS = ("train", "sample")
+COMMANDS = ("train", "sample", "classify")
 log = std_logging.getLogger("__main__")
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
@@ -32,6 +33,7 @@ flags.DEFINE_integer("num", 64, "sample: number of images.")
 flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png).")
 flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
 flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
+flags.DEFINE_integer("top", 5, "classify: classes shown per image, most likely first.")
 FLAGS = flags.FLAGS
 
 
@@ -55,6 +57,9 @@ def run_sample() -> None:
         return trainer_module(config)
 
     config, state, trainer = restore_for_inference(FLAGS.workdir, load_trainer)
+    if not hasattr(trainer, "generate"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not generate "
+                    "images; give the --workdir of a GAN run")
     images = trainer.generate(state, trainer.sample_z(config, FLAGS.num, FLAGS.seed), config,
                               use_ema=FLAGS.ema)
     from common_jax.writers import save_image_grid
@@ -64,6 +69,30 @@ def run_sample() -> None:
     save_image_grid(images, out, scale=scale)
     print(f"wrote {len(images)} samples from step {int(state.step)} "
           f"({'EMA' if FLAGS.ema else 'raw'} weights) to {out}")
+
+
+def run_classify(paths: list[str]) -> None:
+    """Prints the most likely classes of each image file under the latest checkpoint."""
+    from common_jax.checkpoint import restore_for_inference
+
+    if not paths:
+        raise_usage("classify needs image files: python train.py classify --workdir DIR "
+                    "a.png b.jpg [--top 5]")
+    if FLAGS.top < 1:
+        raise_usage(f"--top must be at least 1, got {FLAGS.top}")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:  # before the slow checkpoint restore
+        raise_usage(f"image file{'s' if len(missing) > 1 else ''} not found: "
+                    f"{', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    if not hasattr(trainer, "classify_files"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not classify; "
+                    "give the --workdir of a classifier run")
+    print(f"checkpoint step {int(state.step)} in {FLAGS.workdir}")
+    for path, ranked in zip(paths, trainer.classify_files(state, config, paths), strict=True):
+        print(path)
+        for name, probability in ranked[:FLAGS.top]:
+            print(f"  {probability:8.2%}  {name}")
 
 
 def raise_usage(message: str) -> None:
@@ -86,14 +115,18 @@ def main(argv) -> None:
     from common_jax.loop import TrainingDiverged
 
     command = argv[1] if len(argv) > 1 else "train"
+    arguments = argv[2:]  # only classify takes any: the image files
     try:
-        if command not in COMMANDS or len(argv) > 2:
+        if command not in COMMANDS or (arguments and command != "classify"):
             raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
                         f"{', '.join(COMMANDS)}")
         if not FLAGS.workdir:
             raise_usage("--workdir is required (where checkpoints and outputs go)")
         parallel.maybe_initialize_distributed()
-        {"train": run_train, "sample": run_sample}[command]()
+        if command == "classify":
+            run_classify(arguments)
+        else:
+            {"train": run_train, "sample": run_sample}[command]()
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)

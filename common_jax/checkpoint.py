@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # Settings that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = frozenset({
     "num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-    "progress_bar", "allow_config_change", "parallel",
+    "progress_bar", "allow_config_change", "parallel", "eval_every", "eval_batch_size",
 })
 
 

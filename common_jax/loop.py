@@ -3,9 +3,9 @@
 `train(config, workdir, task)`: input pipeline -> state (restored from the workdir's latest
 checkpoint, else fresh) -> compiled data-parallel step -> loop with periodic actions (metrics,
 the task's own actions such as sample grids, checkpoints) -> final save, plot and summary.json.
-A model family supplies a `Task`: how to create its state, its per-device step and its periodic
-actions. SIGTERM/SIGINT end the run cleanly after a checkpoint; non-finite metrics stop it
-without saving the bad state.
+A model family supplies a `Task`: how to create its state, its per-device step, its periodic
+actions and any extra summary.json fields. SIGTERM/SIGINT end the run cleanly after a
+checkpoint; non-finite metrics stop it without saving the bad state.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class Task:
     prepare: Callable[[data_lib.ImageSource], None] | None = None
     progress_metrics: tuple[str, ...] = ()  # shown in the progress bar
     plot_metrics: tuple[str, ...] = ()  # drawn in losses.png
+    # extra summary.json fields, e.g. filled by the final periodic action (read after it ran)
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class StopSignal:
@@ -156,7 +158,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     batches = data_lib.make_train_iterator(
         source, batch_size=local_batch, image_size=config.model.image_size,
         channels=config.model.channels, seed=config.seed, start_batch=start_batch,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        augment=config.data.get("augment", "none"))
 
     def save(step: int, device_state) -> None:
         nonlocal last_saved
@@ -243,6 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
         "jax_version": jax.__version__, "host": platform.node(),
         "checkpoint_step": last_saved,
     }
+    summary.update(task.summary)
     if primary:
         writer.plot(task.plot_metrics)
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

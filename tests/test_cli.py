@@ -1,4 +1,5 @@
-"""train.py end to end: real MNIST, TFDS mock data, SIGTERM and resume, sampling, errors."""
+"""train.py end to end: real MNIST, TFDS mock data, SIGTERM and resume, sampling, errors, and a
+classifier trained and then used by `train.py classify`."""
 
 import json
 import os
@@ -8,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from gans_jax.configs import dcgan_mnist
 from gans_jax.trainers import dcgan
@@ -102,3 +105,66 @@ def test_bad_input_gives_one_line_error_naming_the_fix(tmp_path, overrides, mess
 def test_sample_without_checkpoint_says_to_train_first(tmp_path):
     result = run([sys.executable, str(ROOT / "train.py"), "sample", f"--workdir={tmp_path}"])
     assert result.returncode == 2 and "train first" in result.stderr
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+CIFAR10_CONFIG = str(ROOT / "classifiers_jax" / "configs" / "cifar10.py")
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "frog": (40, 40, 200)}
+
+
+def run_quick(cmd, timeout=300):
+    """`run`, compiling with few XLA optimisations (as conftest does in-process): the commands'
+    flow is under test, not their speed, and full optimisation costs tens of seconds here."""
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def coloured_classes(folder, per_class):
+    """train/<class>/*.png and test/<class>/*.png: noisy 32x32 images of one colour per class."""
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        for name, colour in COLOURS.items():
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (32, 32, 3)), 0, 255)
+                path = folder / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return folder
+
+
+def test_train_a_classifier_then_classify_image_files(tmp_path):
+    data = coloured_classes(tmp_path / "data", {"train": 8, "test": 5})
+    workdir = tmp_path / "run"
+    result = run_quick(train_cmd(workdir, f"--config.data.path={data}",
+                                 "--config.model.num_classes=3", "--config.eval_batch_size=16",
+                                 config=CIFAR10_CONFIG + ":smoke"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["eval"]["num_examples"] == 15
+    assert set(summary["eval"]["per_class_accuracy"]) == set(COLOURS)
+    assert (workdir / "confusion_matrix.png").is_file()
+
+    images = [data / "test" / "dog" / "0.png", data / "test" / "frog" / "1.png"]
+    result = run_quick([sys.executable, str(ROOT / "train.py"), "classify",
+                        f"--workdir={workdir}", *map(str, images), "--top=2"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"checkpoint step 6 in {workdir}"
+    assert lines[1] == str(images[0]) and lines[4] == str(images[1])
+    shown = [line.split() for line in lines[2:4] + lines[5:7]]
+    # two classes per image, named as in the training folders, with probabilities
+    assert all(len(s) == 2 and s[1] in COLOURS and s[0].endswith("%") for s in shown), lines
+    top = [float(s[0].rstrip("%")) for s in shown]
+    assert top[0] >= top[1] and top[2] >= top[3]
+
+
+def test_classify_errors_are_one_line(tmp_path):
+    classify = [sys.executable, str(ROOT / "train.py"), "classify", f"--workdir={tmp_path}"]
+    for args, message in (([str(tmp_path / "missing.png")], "image file not found: "),
+                          ([], "classify needs image files")):
+        result = run(classify + args)
+        assert result.returncode == 2, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, last

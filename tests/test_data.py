@@ -1,7 +1,8 @@
 """Tests of common_jax.data: every source format, the pipeline's contract and bad inputs.
 
-The data is written by the tests into tmp_path (tiny idx files, PNG/JPEG folders, archives);
-one test reads the real MNIST files from ../shared/data when they are there.
+The data is written by the tests into tmp_path (tiny idx files, PNG/JPEG folders, archives,
+CIFAR pickles); tests read the real MNIST files and the CIFAR-100 sample PNGs from
+../shared/data when they are there.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import gzip
 import itertools
 import logging
+import os
+import pickle
 import struct
 import tarfile
 from pathlib import Path
@@ -18,7 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common_jax.data import ImageSource, load_source, make_train_iterator
+from common_jax.data import (
+    ImageSource,
+    load_image_files,
+    load_source,
+    make_eval_iterator,
+    make_train_iterator,
+)
 from common_jax.errors import UserError
 
 REAL_MNIST = (Path(__file__).parents[1] / "../shared/data/mnist").resolve()
@@ -406,3 +415,181 @@ def test_real_mnist_files():
     batch = next(make_train_iterator(test, batch_size=64, image_size=28, channels=1, seed=0))
     assert batch["image"].shape == (64, 28, 28, 1)
     assert batch["image"].min() == -1.0 and batch["image"].max() == 1.0
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_augmentation_is_deterministic_resumable_and_a_flipped_padded_crop():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    source = ImageSource("rand", images, None, np.arange(10, dtype=np.int32), None)
+    kwargs = {"batch_size": 4, "image_size": 8, "channels": 3, "seed": 5, "augment": "cifar"}
+    first = take(make_train_iterator(source, **kwargs), 6)
+    again = take(make_train_iterator(source, **kwargs), 6)
+    resumed = take(make_train_iterator(source, start_batch=3, **kwargs), 3)
+    plain = take(make_train_iterator(source, **{**kwargs, "augment": "none"}), 6)
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    for x, y in zip(first[3:], resumed, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(labels(first), labels(plain))  # the order is untouched
+
+    # Every output is one of the 9x9 crops of the 4-pixel reflect-padded image, maybe mirrored.
+    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
+    seen = set()
+    for batch in first:
+        for image, label in zip(to_uint8(batch["image"]), batch["label"], strict=True):
+            matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (0, 1)
+                       if np.array_equal(image, (lambda c, f: c[:, ::-1] if f else c)(
+                           padded[label, dy:dy + 8, dx:dx + 8], flip))]
+            assert matches, "not a crop of the padded image"
+            seen.add(matches[0])
+    assert len(seen) > 10 and {flip for _, _, flip in seen} == {0, 1}
+
+
+def test_unknown_augmentation_is_refused():
+    with pytest.raises(UserError, match="--config.data.augment to one of none, flip, crop"):
+        make_train_iterator(in_memory_source(4), batch_size=2, image_size=4, channels=1, seed=0,
+                            augment="mixup")
+
+
+# ----------------------------------------------------------------------------- evaluation batches
+
+
+def test_eval_iterator_covers_the_split_once_in_order_with_padded_masked_batches():
+    source = in_memory_source(37)
+    batches = list(make_eval_iterator(source, batch_size=16, image_size=4, channels=1))
+    assert [b["image"].shape for b in batches] == [(16, 4, 4, 1)] * 3
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.dtype == np.float32 and mask.tolist() == [1.0] * 37 + [0.0] * 11
+    assert labels(batches)[:37].tolist() == list(range(37))
+    assert (to_uint8(batches[0]["image"])[:, 0, 0, 0] == np.arange(16)).all()
+    # Across processes: disjoint shards, all examples, the same number of batches each.
+    shards = [list(make_eval_iterator(source, batch_size=4, image_size=4, channels=1,
+                                      process_index=i, process_count=3)) for i in range(3)]
+    assert {len(s) for s in shards} == {4}  # the largest shard: 13 examples
+    real = [labels(s)[np.concatenate([b["mask"] for b in s]) == 1] for s in shards]
+    assert sorted(np.concatenate(real).tolist()) == list(range(37))
+
+
+def test_load_image_files_preprocesses_like_training_and_names_missing_files(tmp_path):
+    write_image(tmp_path / "a.png", (10, 20, 30), size=(6, 4))
+    images = load_image_files([tmp_path / "a.png"], image_size=4, channels=3)
+    assert images.shape == (1, 4, 4, 3) and (to_uint8(images) == [10, 20, 30]).all()
+    with pytest.raises(UserError, match=r"not found: .*nope.png; check the path"):
+        load_image_files([tmp_path / "a.png", tmp_path / "nope.png"], image_size=4, channels=3)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(UserError, match="could not decode"):
+        load_image_files([tmp_path / "bad.png"], image_size=4, channels=3)
+
+
+# ----------------------------------------------------------------------------- CIFAR pickles
+
+
+def write_cifar100(folder: Path, splits: dict[str, tuple[np.ndarray, list, list]],
+                   fine_names: list[str], coarse_names: list[str]) -> Path:
+    """The cifar-100-python layout: dicts with bytes keys, b"data" rows of R, G, B planes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, fine, coarse) in splits.items():
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # NHWC -> N x (C*H*W)
+        batch = {b"data": rows, b"fine_labels": fine, b"coarse_labels": coarse,
+                 b"filenames": [f"{i}.png".encode() for i in range(len(images))]}
+        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"fine_label_names": [n.encode() for n in fine_names],
+            b"coarse_label_names": [n.encode() for n in coarse_names]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def test_cifar100_pickles_fine_and_coarse_labels(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    folder = write_cifar100(tmp_path / "cifar-100-python", {
+        "train": (train, [4, 0, 2, 1, 3], [1, 0, 1, 0, 1]), "test": (test, [2, 2, 0], [1, 1, 0])},
+        ["apple", "bee", "cup", "dog", "eel"], ["things", "animals"])
+
+    source = load_source(data_cfg(path=str(folder)), split="train")
+    np.testing.assert_array_equal(source.images, train)  # planes -> NHWC exactly
+    assert source.labels.dtype == np.int32 and source.labels.tolist() == [4, 0, 2, 1, 3]
+    assert source.class_names == ["apple", "bee", "cup", "dog", "eel"]
+    coarse = load_source(data_cfg(path=str(folder), label_mode="coarse"), split="test")
+    np.testing.assert_array_equal(coarse.images, test)
+    assert coarse.labels.tolist() == [1, 1, 0] and coarse.class_names == ["things", "animals"]
+    batch = next(make_train_iterator(source, batch_size=5, image_size=32, channels=3, seed=0))
+    assert batch["image"].shape == (5, 32, 32, 3)
+
+    # the downloaded .tar.gz works as it is
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-100-python")
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path / "cache"))
+    assert load_source(data_cfg(path=str(archive)), split="test").labels.tolist() == [2, 2, 0]
+
+    with pytest.raises(UserError, match="--config.data.label_mode to one of fine, coarse"):
+        load_source(data_cfg(path=str(folder), label_mode="superclass"))
+    with pytest.raises(UserError, match="only the splits 'train' and 'test'"):
+        load_source(data_cfg(path=str(folder)), split="validation")
+
+
+def test_cifar100_pickle_of_the_real_sample_images_keeps_their_labels(tmp_path):
+    samples = sorted((REAL_MNIST.parent / "samples").glob("cifar100_*.png"))
+    if not samples:
+        pytest.skip(f"CIFAR-100 sample PNGs not found in {REAL_MNIST.parent / 'samples'}")
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in samples])
+    fine = [int(p.stem.split("_")[2]) for p in samples]  # cifar100_<i>_<label>.png
+    folder = write_cifar100(tmp_path / "cifar-100-python", {"test": (images, fine, [0] * 20)},
+                            [f"class{i}" for i in range(100)], ["all"])
+    source = load_source(data_cfg(path=str(folder)), split="test")
+    assert source.labels.tolist() == fine and len(samples) == 20
+    np.testing.assert_array_equal(source.images, images)
+    batches = list(make_eval_iterator(source, batch_size=8, image_size=32, channels=3))
+    assert labels(batches)[:20].tolist() == fine
+    np.testing.assert_array_equal(to_uint8(np.concatenate([b["image"] for b in batches])[:20]),
+                                  images)
+
+
+def test_cifar10_python_batches(tmp_path):
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    expected = []
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        rows = images.transpose(0, 3, 1, 2).reshape(2, -1)
+        (folder / name).write_bytes(pickle.dumps({b"data": rows, b"labels": [i, 9 - i]}))
+        expected.append((images, [i, 9 - i]))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"plane", b"car"]}))
+    train = load_source(data_cfg(path=str(folder)), split="train")
+    assert train.num_examples == 10 and train.labels.tolist()[:4] == [0, 9, 1, 8]
+    np.testing.assert_array_equal(train.images[:2], expected[0][0])
+    test = load_source(data_cfg(path=str(folder)), split="test")
+    assert test.labels.tolist() == [5, 4] and test.class_names == ["plane", "car"]
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    folder = write_cifar100(tmp_path / "c", {"train": (np.zeros((1, 32, 32, 3), np.uint8),
+                                                       [0], [0])}, ["a"], ["b"])
+    (folder / "train").write_bytes(pickle.dumps({b"data": Exploit()}))
+    with pytest.raises(UserError, match=r"could not read the CIFAR file .*refusing to load the "
+                                        r"global .*system"):
+        load_source(data_cfg(path=str(folder)))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_tfds_cifar100_coarse_labels(caplog):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        coarse = load_source(data_cfg(tfds_name="cifar100", label_mode="coarse"))
+        fine = load_source(data_cfg(tfds_name="cifar100"))
+    assert coarse.images.shape == (6, 32, 32, 3)
+    assert len(coarse.class_names) == 20 and len(fine.class_names) == 100
+    assert coarse.labels.max() < 20
+    with pytest.raises(UserError, match="no 'coarse_label' feature.*label_mode to fine"):
+        load_source(data_cfg(tfds_name="mnist", label_mode="coarse"))

@@ -1,11 +1,14 @@
-"""The tf.data training pipeline: shuffled, resumable, sharded batches of preprocessed images.
+"""The tf.data pipelines: shuffled, resumable, sharded training batches of preprocessed images,
+and padded evaluation batches that cover a split exactly once.
 
-The pipeline runs over example *indices*, not images: shuffling and skipping touch only
+The training pipeline runs over example *indices*, not images: shuffling and skipping touch only
 integers, and each index is turned into an image (gathered from memory or read from a file)
 after the order is fixed. Each epoch's order is a stateless permutation seeded by
 ``(seed, epoch)``, so it depends only on the arguments: two iterators built alike yield the same
 batches, and resuming at batch ``k`` starts straight at the right epoch instead of replaying
-every earlier one.
+every earlier one. Augmentation (``augment="cifar"``: random crop of the image padded by 4
+reflected pixels, and a random horizontal flip) is seeded the same way, by ``(seed, position of
+the example in this process's stream)``, so it is resumable too.
 
 Images come out as float32 in [-1, 1] with the configured size and channel count.
 """
@@ -13,7 +16,9 @@ Images come out as float32 in [-1, 1] with the configured size and channel count
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +36,11 @@ except (RuntimeError, ValueError):
     log.warning("could not hide GPUs from TensorFlow; it may reserve GPU memory")
 
 _MAX_SEED = 2**63  # stateless ops take int64 seeds
+# Augmentations by name: (random crop after padding, random horizontal flip).
+AUGMENTATIONS = {"none": (False, False), "flip": (False, True), "crop": (True, False),
+                 "cifar": (True, True)}
+CROP_PADDING = 4  # pixels added on each side before the random crop (the usual CIFAR setting)
+_AUGMENT_STREAM = 0x5EED  # folded into the augmentation seed: its numbers differ from the shuffle's
 
 
 def make_train_iterator(
@@ -43,13 +53,19 @@ def make_train_iterator(
     start_batch: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    augment: str = "none",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches {"image": float32 [B,S,S,C] in [-1, 1], "label": int32 [B]}.
 
     `batch_size` is per process; process `i` of `n` reads examples i, i+n, i+2n, ... only.
     Labels are -1 when the source has none. ``start_batch=k`` yields exactly batches k, k+1,
     ... of a fresh iterator with the same arguments, which is how training resumes.
+    `augment` is one of `AUGMENTATIONS`: "cifar" pads by `CROP_PADDING` reflected pixels, crops
+    back to the image size at a random offset and flips half the images left-right.
     """
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"unknown augmentation '{augment}'; set --config.data.augment to one of "
+                        f"{', '.join(AUGMENTATIONS)}")
     shard_size = _validate(
         source, batch_size=batch_size, image_size=image_size, channels=channels,
         start_batch=start_batch, process_index=process_index, process_count=process_count,
@@ -60,8 +76,18 @@ def make_train_iterator(
         process_count=process_count,
     )
     load = _example_loader(source, image_size=image_size, channels=channels)
+    crop, flip = AUGMENTATIONS[augment]
+    stream_seed = (seed % _MAX_SEED, process_index, process_count)
+
+    def load_and_augment(position: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        example = load(index)
+        if crop or flip:
+            key = _augment_key(stream_seed, position)
+            example["image"] = _augment(example["image"], key, crop=crop, flip=flip)
+        return example
+
     ds = (
-        indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        indices.map(load_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -79,16 +105,7 @@ def _validate(
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     if source.images is None and source.paths is None:
         raise ValueError(f"source '{source.name}' has neither images nor paths")
-    if image_size < 1:
-        raise UserError(
-            f"image size must be at least 1 pixel, got {image_size}; set "
-            "--config.model.image_size to a positive number"
-        )
-    if channels not in (1, 3):
-        raise UserError(
-            f"channels must be 1 (gray) or 3 (RGB), got {channels}; set "
-            "--config.model.channels to 1 or 3"
-        )
+    _validate_image_shape(image_size, channels)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}; set --config.batch_size")
     shard_size = len(range(process_index, source.num_examples, process_count))
@@ -105,15 +122,30 @@ def _validate(
     return shard_size
 
 
+def _validate_image_shape(image_size: int, channels: int) -> None:
+    if image_size < 1:
+        raise UserError(
+            f"image size must be at least 1 pixel, got {image_size}; set "
+            "--config.model.image_size to a positive number"
+        )
+    if channels not in (1, 3):
+        raise UserError(
+            f"channels must be 1 (gray) or 3 (RGB), got {channels}; set "
+            "--config.model.channels to 1 or 3"
+        )
+
+
 def _shuffled_indices(
     *, num_examples: int, shard_size: int, seed: int, skip: int,
     process_index: int, process_count: int,
 ) -> tf.data.Dataset:
-    """Endless example indices of this shard, each epoch a fresh permutation.
+    """Endless (position, example index) pairs of this shard, each epoch a fresh permutation.
 
     Equivalent to range -> shard -> shuffle(shard size) -> repeat -> skip, except that the
     permutation of epoch `e` is a pure function of (seed, e): skipping whole epochs costs
     nothing, and TF's global seed (which `shuffle` would mix in) cannot change the order.
+    The position counts the examples this process has been given since the start (skipped ones
+    included), so it names one draw of one example, e.g. for augmentation.
     """
     first_epoch, offset = divmod(skip, shard_size)
     seed = seed % _MAX_SEED
@@ -122,10 +154,101 @@ def _shuffled_indices(
         shard = tf.range(process_index, num_examples, process_count, dtype=tf.int64)
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(shard, seed=key)
-        return tf.data.Dataset.from_tensor_slices(order)
+        positions = epoch * shard_size + tf.range(shard_size, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((positions, order))
 
     epochs = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64)
     return epochs.flat_map(epoch_indices).skip(offset)
+
+
+def _augment_key(stream_seed: tuple[int, int, int], position: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of one example draw: (seed, global position), then a stream id."""
+    seed, process_index, process_count = stream_seed
+    # Positions of different processes interleave, so every draw of every process differs.
+    draw = position * process_count + process_index
+    key = tf.stack([tf.constant(seed, tf.int64), draw])
+    return tf.random.experimental.stateless_fold_in(key, _AUGMENT_STREAM)
+
+
+def _augment(image: tf.Tensor, key: tf.Tensor, *, crop: bool, flip: bool) -> tf.Tensor:
+    """Random crop of the reflect-padded image and/or a random left-right flip."""
+    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    if crop:
+        # Reflection (not zeros) keeps the border statistics of real images.
+        size = image.shape
+        pad = min(CROP_PADDING, size[0] - 1, size[1] - 1)  # REFLECT needs pad < size
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        image = tf.image.stateless_random_crop(padded, size, seed=crop_key)
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_key)
+    return image
+
+
+def make_eval_iterator(
+    source: ImageSource,
+    *,
+    batch_size: int,
+    image_size: int,
+    channels: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches that cover this process's shard of `source` exactly once, in order.
+
+    Each batch is {"image", "label", "mask"} with `batch_size` rows: the last one is padded
+    with copies of a real example whose "mask" is 0.0 (1.0 for real rows), so every batch has
+    the same shape (one compilation) and metrics weighted by the mask count each example once.
+    Every process yields the same number of batches (the largest shard's), as a collective
+    evaluation step needs.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if batch_size < 1:
+        raise UserError(f"evaluation batch size must be at least 1, got {batch_size}; set "
+                        "--config.eval_batch_size")
+    if source.num_examples < 1:
+        raise UserError(f"'{source.name}' has no examples to evaluate on; set "
+                        "--config.data.eval_split to a split with data")
+    _validate_image_shape(image_size, channels)
+    shard = np.arange(process_index, source.num_examples, process_count, dtype=np.int64)
+    largest_shard = math.ceil(source.num_examples / process_count)
+    num_padded = math.ceil(largest_shard / batch_size) * batch_size - len(shard)
+    filler = shard[0] if len(shard) else 0  # any real example: its result is masked out
+    indices = np.concatenate([shard, np.full(num_padded, filler, np.int64)])
+    mask = np.concatenate([np.ones(len(shard), np.float32), np.zeros(num_padded, np.float32)])
+
+    load = _example_loader(source, image_size=image_size, channels=channels)
+
+    def load_masked(index: tf.Tensor, weight: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {**load(index), "mask": weight}
+
+    ds = (
+        tf.data.Dataset.from_tensor_slices((indices, mask))
+        .map(load_masked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return ds.as_numpy_iterator()
+
+
+def load_image_files(paths: Sequence[str | Path], *, image_size: int,
+                     channels: int) -> np.ndarray:
+    """Image files -> float32 [N, S, S, channels] in [-1, 1], preprocessed as in training."""
+    _validate_image_shape(image_size, channels)
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"image file{'s' if len(missing) > 1 else ''} not found: "
+                        f"{', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    images = []
+    for path in paths:
+        try:
+            image = _decode_file(tf.constant(str(path)))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            raise UserError(f"could not decode '{path}' as an image ({e.message.splitlines()[0]}); "
+                            "use a PNG, JPEG, BMP or GIF file") from e
+        images.append(preprocess(image, image_size=image_size, channels=channels).numpy())
+    return np.stack(images) if images else np.zeros((0, image_size, image_size, channels),
+                                                    np.float32)
 
 
 def _example_loader(source: ImageSource, *, image_size: int, channels: int):

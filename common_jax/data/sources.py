@@ -1,19 +1,24 @@
-"""Reading raw image data: TFDS by name, MNIST-format idx folders, image folders and archives.
+"""Reading raw image data: TFDS by name, MNIST-format idx folders, CIFAR python pickles, image
+folders and archives.
 
 `load_source` turns the ``data`` part of a config into an `ImageSource`: images held in memory
-(idx files, TFDS) or a sorted list of image files read lazily by the pipeline (image folders,
-``.tar.gz`` archives of them). Every problem the user can fix raises `UserError` naming the fix.
+(idx files, CIFAR pickles, TFDS) or a sorted list of image files read lazily by the pipeline
+(image folders, ``.tar.gz`` archives of them). Every problem the user can fix raises `UserError`
+naming the fix.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import difflib
 import gzip
 import hashlib
 import logging
+import math
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -44,6 +49,10 @@ IDX_FILE = re.compile(r"^(train|t10k)-(images|labels)[-.]idx([13])-ubyte(\.gz)?$
 IDX_IMAGES_MAGIC = 0x00000803  # 2051: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # 2049: unsigned bytes, 1 dimension
 TFDS_CHUNK = 4096  # examples per batch while copying a TFDS split into memory
+# The python versions of CIFAR (cifar-10-python / cifar-100-python): split -> pickle files.
+CIFAR100_FILES = {"train": ("train",), "test": ("test",)}
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+LABEL_MODES = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclasses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +77,16 @@ def load_source(data_cfg: Any, *, split: str = "train") -> ImageSource:
     raw_path = str(data_cfg.get("path", "") or "")
     tfds_name = str(data_cfg.get("tfds_name", "") or "")
     labels_from_subfolders = bool(data_cfg.get("labels_from_subfolders", True))
+    label_mode = str(data_cfg.get("label_mode", "fine") or "fine")
     path = Path(raw_path).expanduser() if raw_path else None
 
     if path is not None and path.exists():
-        return _load_path(path, split=split, labels_from_subfolders=labels_from_subfolders)
+        return _load_path(path, split=split, labels_from_subfolders=labels_from_subfolders,
+                          label_mode=label_mode)
     if tfds_name:
         if path is not None:
             log.info("data folder '%s' not found; using TFDS dataset '%s'", path, tfds_name)
-        return _load_tfds(tfds_name, split=split)
+        return _load_tfds(tfds_name, split=split, label_mode=label_mode)
     raise UserError(
         f"data folder '{path or ''}' does not exist; set --config.data.path to a folder of "
         "images or idx files, or --config.data.tfds_name to a TFDS dataset"
@@ -85,8 +96,10 @@ def load_source(data_cfg: Any, *, split: str = "train") -> ImageSource:
 # ----------------------------------------------------------------------------- local paths
 
 
-def _load_path(path: Path, *, split: str, labels_from_subfolders: bool) -> ImageSource:
-    """Dispatches on what is at `path`: an archive, an idx folder or an image folder."""
+def _load_path(path: Path, *, split: str, labels_from_subfolders: bool,
+               label_mode: str = "fine") -> ImageSource:
+    """Dispatches on what is at `path`: an archive, an idx folder, a CIFAR python folder or an
+    image folder."""
     shown = str(path)
     if path.is_file():
         if not tarfile.is_tarfile(path):
@@ -98,6 +111,10 @@ def _load_path(path: Path, *, split: str, labels_from_subfolders: bool) -> Image
     root = _skip_wrapper_folders(path)
     if _find_idx_files(root):
         return _load_idx_folder(root, split=split, shown=shown)
+    cifar_kind = _cifar_python_kind(root)
+    if cifar_kind is not None:
+        return _load_cifar_python(root, kind=cifar_kind, split=split, label_mode=label_mode,
+                                  shown=shown)
     root = _split_folder(root, split=split, shown=shown)
     return _load_image_folder(
         root, shown=shown, split=split, labels_from_subfolders=labels_from_subfolders
@@ -277,6 +294,123 @@ def _read_idx(path: Path, *, magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims).copy()
 
 
+# ----------------------------------------------------------------------------- CIFAR pickles
+
+
+def _cifar_python_kind(folder: Path) -> str | None:
+    """"cifar100" or "cifar10" when `folder` holds that data set's python pickles, else None.
+
+    The pickles are files, which tells them apart from an image folder's train/ and test/.
+    """
+    if (folder / "meta").is_file() and any((folder / n).is_file() for n in ("train", "test")):
+        return "cifar100"
+    if (folder / "batches.meta").is_file():
+        return "cifar10"
+    return None
+
+
+# The only globals a CIFAR pickle refers to: NumPy's array reconstruction (the data) and the
+# codecs call Python 3 uses to pickle bytes at protocol 2. Found from live objects, so the names
+# of NumPy's private modules (numpy.core vs numpy._core) do not matter.
+_SAFE_GLOBALS = {
+    "_reconstruct": np.array(0).__reduce__()[0],
+    "scalar": np.float64(0).__reduce__()[0],
+    "ndarray": np.ndarray,
+    "dtype": np.dtype,
+    "encode": codecs.encode,
+}
+_SAFE_MODULES = ("numpy", "_codecs")
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only.
+
+    Loading a pickle can run any code it names; the CIFAR files never need more than this, so a
+    tampered file fails instead of running its code.
+    """
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] in _SAFE_MODULES and name in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[name]
+        raise pickle.UnpicklingError(f"refusing to load the global {module}.{name}")
+
+
+def _read_cifar_pickle(path: Path) -> dict[bytes, Any]:
+    """A CIFAR pickle as a dict with bytes keys (as the Python 2 originals have)."""
+    try:
+        with open(path, "rb") as f:
+            # encoding="bytes": the official files were written by Python 2.
+            loaded = _DataUnpickler(f, encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise UserError(
+            f"could not read the CIFAR file '{path}': {_first_line(e)}; re-download the "
+            "python version of the data set"
+        ) from e
+    if not isinstance(loaded, dict):
+        raise UserError(f"'{path}' is not a CIFAR pickle (no dict inside); re-download it")
+    return {k.encode() if isinstance(k, str) else k: v for k, v in loaded.items()}
+
+
+def _cifar_images(batch: dict[bytes, Any], path: Path) -> np.ndarray:
+    """b"data" rows (R plane, G plane, B plane; each row-major) -> uint8 [N, S, S, 3]."""
+    data = np.asarray(batch.get(b"data", np.zeros((0, 0))))
+    side = math.isqrt(data.shape[1] // 3) if data.ndim == 2 else 0
+    if data.ndim != 2 or side == 0 or data.shape[1] != 3 * side * side:
+        raise UserError(
+            f"'{path}' has no b\"data\" array of shape [N, 3*S*S] (found {data.shape}); "
+            "re-download the python version of the data set"
+        )
+    planes = data.astype(np.uint8, copy=False).reshape(-1, 3, side, side)
+    return np.ascontiguousarray(planes.transpose(0, 2, 3, 1))
+
+
+def _load_cifar_python(folder: Path, *, kind: str, split: str, label_mode: str,
+                       shown: str) -> ImageSource:
+    """CIFAR-10 or CIFAR-100 from the official python pickles (``cifar-*-python``)."""
+    files = CIFAR100_FILES if kind == "cifar100" else CIFAR10_FILES
+    if split not in files:
+        raise UserError(
+            f"'{shown}' holds {kind} pickles, which have only the splits 'train' and 'test', "
+            f"not '{split}'; set --config.data.split to 'train' or 'test'"
+        )
+    if label_mode not in LABEL_MODES or (kind == "cifar10" and label_mode != "fine"):
+        allowed = LABEL_MODES if kind == "cifar100" else ("fine",)
+        raise UserError(
+            f"label_mode '{label_mode}' is not one of {kind}'s label sets; set "
+            f"--config.data.label_mode to one of {', '.join(allowed)}"
+        )
+    label_key = b"labels" if kind == "cifar10" else f"{label_mode}_labels".encode()
+    images, labels = [], []
+    for name in files[split]:
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"'{shown}' has no '{name}' file for split '{split}'; re-download "
+                            f"the python version of {kind} or set --config.data.split")
+        batch = _read_cifar_pickle(path)
+        images.append(_cifar_images(batch, path))
+        batch_labels = np.asarray(batch.get(label_key, ()), np.int64)
+        if batch_labels.shape != (len(images[-1]),):
+            raise UserError(
+                f"'{path}' has {batch_labels.size} {label_key.decode()} for "
+                f"{len(images[-1])} images; re-download the python version of {kind}"
+            )
+        labels.append(batch_labels.astype(np.int32))
+    return ImageSource(
+        name=f"{shown} ({split})", images=np.concatenate(images), paths=None,
+        labels=np.concatenate(labels), class_names=_cifar_class_names(folder, kind, label_mode),
+    )
+
+
+def _cifar_class_names(folder: Path, kind: str, label_mode: str) -> list[str] | None:
+    meta_path = folder / ("meta" if kind == "cifar100" else "batches.meta")
+    key = b"label_names" if kind == "cifar10" else f"{label_mode}_label_names".encode()
+    names = _read_cifar_pickle(meta_path).get(key)
+    if not names:
+        log.warning("'%s' has no %s; classes are numbered instead", meta_path, key.decode())
+        return None
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
 # ----------------------------------------------------------------------------- image folders
 
 
@@ -382,14 +516,24 @@ def _report_problems(shown, *, total, failures, sizes, kinds) -> None:
 # ----------------------------------------------------------------------------- TFDS
 
 
-def _load_tfds(name: str, *, split: str) -> ImageSource:
-    """Copies one TFDS split into memory (images uint8 [N,H,W,C], labels int32 if present)."""
+def _load_tfds(name: str, *, split: str, label_mode: str = "fine") -> ImageSource:
+    """Copies one TFDS split into memory (images uint8 [N,H,W,C], labels int32 if present).
+
+    ``label_mode="coarse"`` reads the "coarse_label" feature (CIFAR-100's 20 superclasses)
+    instead of "label".
+    """
     import tensorflow_datasets as tfds  # slow import; only TFDS users pay for it
 
     builder = _tfds_builder(tfds, name)
+    label_key = "label" if label_mode == "fine" else f"{label_mode}_label"
+    features = getattr(builder.info, "features", None) or {}
+    if label_mode != "fine" and label_key not in features:
+        raise UserError(f"TFDS '{name}' has no '{label_key}' feature for label_mode "
+                        f"'{label_mode}'; set --config.data.label_mode to fine")
     try:
         ds = tfds.load(name, split=split, as_supervised=False)
-        images, labels = _collect_tfds(tfds, ds, what=f"TFDS '{name}' split '{split}'")
+        images, labels = _collect_tfds(tfds, ds, what=f"TFDS '{name}' split '{split}'",
+                                       label_key=label_key)
     except UserError:
         raise
     except Exception as e:  # downloads and TFDS fail in many ways
@@ -397,7 +541,7 @@ def _load_tfds(name: str, *, split: str) -> ImageSource:
             f"loading TFDS '{name}' failed: {_first_line(e)}; download it on a machine with "
             f"internet (`tfds build {name}`) or set --config.data.path to local files"
         ) from e
-    label_feature = builder.info.features["label"] if labels is not None else None
+    label_feature = builder.info.features[label_key] if labels is not None else None
     class_names = list(getattr(label_feature, "names", None) or []) or None
     return ImageSource(
         name=f"tfds:{name} ({split})", images=images, paths=None, labels=labels,
@@ -425,7 +569,8 @@ def _tfds_builder(tfds: Any, name: str) -> Any:
         ) from e
 
 
-def _collect_tfds(tfds: Any, ds: Any, *, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _collect_tfds(tfds: Any, ds: Any, *, what: str,
+                  label_key: str = "label") -> tuple[np.ndarray, np.ndarray | None]:
     """Stacks a TFDS split into arrays.
 
     Chunked batches instead of ``batch_size=-1``: that batches by the recorded split size and
@@ -437,7 +582,7 @@ def _collect_tfds(tfds: Any, ds: Any, *, what: str) -> tuple[np.ndarray, np.ndar
             f"{what} has no 'image' feature (it has {sorted(ds.element_spec)}); "
             "set --config.data.tfds_name to an image dataset"
         )
-    keys = ["image"] + (["label"] if "label" in ds.element_spec else [])
+    keys = ["image"] + ([label_key] if label_key in ds.element_spec else [])
     ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(TFDS_CHUNK)
     chunks = list(tfds.as_numpy(ds))
     if not chunks:
@@ -446,8 +591,8 @@ def _collect_tfds(tfds: Any, ds: Any, *, what: str) -> tuple[np.ndarray, np.ndar
     if images.ndim == 3:  # some datasets store gray images without a channel axis
         images = images[..., None]
     labels = None
-    if "label" in keys:
-        labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
+    if label_key in keys:
+        labels = np.concatenate([c[label_key] for c in chunks]).astype(np.int32)
     return images, labels
 
 

@@ -1,0 +1,1 @@
+"""Classifier experiments, one file each (`get_config(variant)`; see base.py for the variants)."""

@@ -1,0 +1,464 @@
+"""CNN classifier training: the `ClassifierState` pytree, the pure train and evaluation steps,
+evaluation of a whole split, prediction, and the entry point.
+
+The train step runs per device with the named axis `common_jax.parallel.AXIS`: a forward pass
+with batch statistics (batch norm averages them over the axis), cross-entropy with optional
+label smoothing, gradients averaged over the axis, one optimizer update. N devices compute what
+one device computes on the whole batch (dropout aside: each device draws its own masks).
+
+Evaluation reads the whole test split once in padded batches split over the devices; padded rows
+have mask 0, and the per-device sums (loss, top-1, top-5, confusion matrix) are added with psum.
+It writes eval_loss/eval_top1/eval_top5 every ``eval_every`` steps and at the end; the final one
+also puts per-class accuracy and the confusion matrix into summary.json and draws
+confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from classifiers_jax.models.cnn import CNN, BasicCNN, FastCIFARNet
+from common_jax import data as data_lib
+from common_jax import loop, parallel
+from common_jax.errors import UserError
+from common_jax.parallel import DataParallel
+from common_jax.state import NetState, apply_gradients, create_net_state
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("basic", "cnn", "fast")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+EVAL_CACHE_BYTES = 1 << 30  # keep preprocessed test batches in memory up to this size
+TOP_K = 5
+
+
+@flax.struct.dataclass
+class ClassifierState:
+    """Everything a classifier run needs to continue: the network, the step and the key."""
+
+    net: NetState
+    step: jax.Array  # int32 scalar: steps completed
+    key: jax.Array  # raw uint32 PRNG key; each step folds in its step number (dropout)
+
+
+# ----------------------------------------------------------------------------- model, optimizer
+
+
+def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
+    """The network `config.model.arch` names (axis_name syncs batch norm across devices)."""
+    m = config.model
+    if m.arch not in ARCHS:
+        raise UserError(f"unknown model '{m.arch}'; set --config.model.arch to one of "
+                        f"{', '.join(ARCHS)}")
+    if m.get("dtype", "float32") not in DTYPES:
+        raise UserError(f"unknown dtype '{m.dtype}'; set --config.model.dtype to one of "
+                        f"{', '.join(DTYPES)}")
+    common = {"num_classes": m.num_classes, "channels": m.channels, "width": m.width,
+              "activation": m.activation}
+    if m.arch == "basic":
+        return BasicCNN(kernel_size=m.kernel_size, hidden=m.hidden, **common)
+    dtype = DTYPES[m.get("dtype", "float32")]
+    if m.arch == "fast":
+        return FastCIFARNet(axis_name=axis_name, dtype=dtype, **common)
+    return CNN(depth=m.depth, convs_per_stage=m.convs_per_stage, batch_norm=m.batch_norm,
+               dropout=m.dropout, head=m.head, hidden=m.hidden, axis_name=axis_name,
+               dtype=dtype, **common)
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Learning rate per step: constant, cosine (with warmup) or a linear one-cycle."""
+    o = config.optimizer
+    total = max(int(o.decay_steps or config.num_steps), 1)
+    warmup = min(int(o.warmup_steps), total - 1)
+    if o.schedule == "constant":
+        if not warmup:
+            return optax.constant_schedule(o.lr)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=total,
+            end_value=o.lr * o.final_lr_fraction)
+    if o.schedule == "onecycle":
+        # Linear up to the peak, then linear down: the triangle fast CIFAR trainers use.
+        rise = min(max(int(round(o.pct_start * total)), 1), total - 1) if total > 1 else 1
+        return optax.join_schedules([
+            optax.linear_schedule(o.lr * o.start_lr_fraction, o.lr, rise),
+            optax.linear_schedule(o.lr, o.lr * o.final_lr_fraction, max(total - rise, 1)),
+        ], [rise])
+    raise UserError(f"unknown schedule '{o.schedule}'; set --config.optimizer.schedule to one "
+                    f"of {', '.join(SCHEDULES)}")
+
+
+def _decay_mask(params):
+    # Weight decay on kernels only: decaying biases and batch-norm scales only hurts.
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD (momentum, Nesterov; L2 weight decay) or Adam (L2) or AdamW (decoupled decay)."""
+    o = config.optimizer
+    lr = make_schedule(config)
+    l2 = [optax.add_decayed_weights(o.weight_decay, _decay_mask)] if o.weight_decay else []
+    if o.name == "sgd":
+        return optax.chain(*l2, optax.sgd(lr, momentum=o.momentum or None,
+                                          nesterov=bool(o.nesterov and o.momentum)))
+    if o.name == "adam":
+        return optax.chain(*l2, optax.adam(lr, b1=o.b1, b2=o.b2))
+    if o.name == "adamw":
+        return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=_decay_mask)
+    raise UserError(f"unknown optimizer '{o.name}'; set --config.optimizer.name to one of "
+                    f"{', '.join(OPTIMIZERS)}")
+
+
+def create_state(config: ml_collections.ConfigDict) -> ClassifierState:
+    """A fresh state, deterministic from ``config.seed``."""
+    key_init, key_train = jax.random.split(jax.random.PRNGKey(config.seed))
+    m = config.model
+    images = jnp.zeros((1, m.image_size, m.image_size, m.channels))
+    variables = make_model(config).init(key_init, images, train=False)
+    return ClassifierState(net=create_net_state(variables, make_optimizer(config)),
+                           step=jnp.zeros((), jnp.int32), key=key_train)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross-entropy against one-hot labels smoothed by `smoothing`."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: ClassifierState, batch: dict, *, config: ml_collections.ConfigDict):
+    """One optimizer update on this device's slice of the batch."""
+    model = make_model(config, axis_name=parallel.AXIS)
+    tx = make_optimizer(config)
+    # Dropout masks: a fresh key per step and per device.
+    key = jax.random.fold_in(jax.random.fold_in(state.key, state.step),
+                             jax.lax.axis_index(parallel.AXIS))
+    images, labels = batch["image"], batch["label"]
+
+    def loss_fn(params):
+        logits, updates = model.apply(state.net.variables(params), images, train=True,
+                                      mutable=["batch_stats"], rngs={"dropout": key})
+        loss = cross_entropy(logits, labels, config.loss.label_smoothing).mean()
+        return loss, (logits, updates.get("batch_stats", state.net.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.net.params)
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    net = apply_gradients(state.net, grads, tx).replace(batch_stats=batch_stats)
+    metrics = {
+        "loss": loss,
+        "accuracy": (jnp.argmax(logits, -1) == labels).mean(),
+        "lr": make_schedule(config)(state.step),
+        "grad_norm": optax.tree.norm(grads),
+        # 1.0 while the updated weights are finite; the loop stops the run otherwise
+        "finite": parallel.tree_all_finite(net.params).astype(jnp.float32),
+    }
+    metrics = jax.lax.pmean(metrics, parallel.AXIS)
+    return ClassifierState(net=net, step=state.step + 1, key=state.key), metrics
+
+
+def logits_of(state: ClassifierState, images: jax.Array, config) -> jax.Array:
+    """Inference logits (running batch-norm averages), flip-averaged when ``tta_flip``."""
+    model = make_model(config)
+    logits = model.apply(state.net.variables(), images, train=False)
+    if config.get("tta_flip", False):
+        # Test-time augmentation: the mirror image is as likely as the image itself.
+        logits = (logits + model.apply(state.net.variables(), images[:, :, ::-1], train=False)) / 2
+    return logits
+
+
+def eval_step(state: ClassifierState, batch: dict, *, config) -> dict[str, jax.Array]:
+    """Masked sums over this device's rows, added over all devices (psum)."""
+    logits = logits_of(state, batch["image"], config)
+    labels, mask = batch["label"], batch["mask"]
+    num_classes = logits.shape[-1]
+    top = jax.lax.top_k(logits, min(TOP_K, num_classes))[1]
+    predicted = top[:, 0]
+    confusion = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, num_classes) * mask[:, None],
+                           jax.nn.one_hot(predicted, num_classes))
+    sums = {
+        "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+        "top1": jnp.sum((predicted == labels) * mask),
+        "top5": jnp.sum(jnp.any(top == labels[:, None], axis=-1) * mask),
+        "count": jnp.sum(mask),
+        "confusion": confusion,  # rows: true class, columns: predicted class
+    }
+    return jax.lax.psum(sums, parallel.AXIS)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def check_labels(source: data_lib.ImageSource, num_classes: int) -> None:
+    """Refuses unlabelled data and labels outside [0, num_classes)."""
+    if source.labels is None:
+        raise UserError(
+            f"'{source.name}' has no labels, and a classifier needs them; put each class's "
+            "images in its own subfolder (or add the idx labels file) and set --config.data.path")
+    low, high = int(source.labels.min()), int(source.labels.max())
+    if low < 0:
+        raise UserError(f"'{source.name}' has negative labels (down to {low}); labels must be "
+                        "0 .. num_classes-1, fix the data set")
+    if high >= num_classes:
+        raise UserError(
+            f"'{source.name}' has labels up to {high}, outside [0, {num_classes}); set "
+            f"--config.model.num_classes to {high + 1} (or more), or fix the data set")
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The configured (or data-derived, saved at training) class names; numbers if unknown."""
+    names = list(config.data.get("class_names") or ())
+    return names or [str(i) for i in range(config.model.num_classes)]
+
+
+def resolve_class_names(config: ml_collections.ConfigDict,
+                        source: data_lib.ImageSource) -> tuple[str, ...]:
+    """Class names from the config, else from the data (padded with numbers to num_classes)."""
+    num_classes = config.model.num_classes
+    configured = tuple(config.data.get("class_names") or ())
+    if configured:
+        if len(configured) != num_classes:
+            raise UserError(
+                f"--config.data.class_names has {len(configured)} names for {num_classes} "
+                "classes; give one name per class or leave it empty to take them from the data")
+        return configured
+    names = list(source.class_names or ())[:num_classes]
+    return tuple(names + [str(i) for i in range(len(names), num_classes)])
+
+
+def compile_eval_step(dp: DataParallel, config) -> Any:
+    """`eval_step` compiled data-parallel: (device state, device batch) -> host sums."""
+    frozen = ml_collections.FrozenConfigDict(config)
+
+    # DataParallel compiles (state, batch) -> (replicated output, metrics) steps; evaluation
+    # has only a replicated output.
+    def step(state, batch):
+        return eval_step(state, batch, config=frozen), {}
+
+    compiled = dp.compile(step, donate=False)
+    return lambda state, batch: jax.device_get(dp.get_state(compiled(state, batch)[0]))
+
+
+def summarize(sums: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+    """Totals -> loss, top-1/top-5 accuracy, per-class accuracy and the confusion matrix."""
+    count = float(sums["count"])
+    confusion = np.rint(sums["confusion"]).astype(np.int64)
+    per_class = {}
+    for i, name in enumerate(names):
+        total = int(confusion[i].sum())
+        per_class[name] = round(float(confusion[i, i]) / total, 6) if total else None
+    return {
+        "loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count,
+        "top5": float(sums["top5"]) / count, "num_examples": int(round(count)),
+        "per_class_accuracy": per_class, "class_names": list(names),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+class Evaluator:
+    """Evaluates a state on the whole evaluation split, data-parallel over the devices."""
+
+    def __init__(self, config: ml_collections.ConfigDict, source: data_lib.ImageSource,
+                 dp: DataParallel | None = None):
+        self.config, self.source = config, source
+        self.dp = dp or DataParallel(config.parallel)
+        self.local_batch = check_eval_batch_size(config.eval_batch_size, self.dp)
+        self._step = None
+        self._cache: list[dict[str, np.ndarray]] | None = None
+        m = config.model
+        size = source.num_examples * m.image_size**2 * m.channels * 4
+        self._cacheable = size <= EVAL_CACHE_BYTES
+
+    def batches(self):
+        """The padded, masked batches; decoded once and kept when they fit in memory."""
+        if self._cache is not None:
+            return self._cache
+        m = self.config.model
+        batches = data_lib.make_eval_iterator(
+            self.source, batch_size=self.local_batch, image_size=m.image_size,
+            channels=m.channels, process_index=jax.process_index(),
+            process_count=jax.process_count())
+        if self._cacheable:
+            self._cache = list(batches)
+            return self._cache
+        return batches
+
+    def sums(self, state: ClassifierState) -> dict[str, np.ndarray]:
+        """Masked totals over the split for a host state (one copy, as the loop gives it)."""
+        if self._step is None:
+            self._step = compile_eval_step(self.dp, self.config)
+        device_state = self.dp.put_state(state)
+        totals = None
+        for batch in self.batches():
+            # float64 on the host: float32 totals would lose counts beyond 2**24 examples.
+            sums = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                                self._step(device_state, self.dp.put_batch(batch)))
+            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        return totals
+
+    def __call__(self, state: ClassifierState) -> dict[str, Any]:
+        return summarize(self.sums(state), class_names(self.config))
+
+
+def check_eval_batch_size(eval_batch_size: int, dp: DataParallel) -> int:
+    """The per-process evaluation batch; refuses sizes the devices cannot share."""
+    if eval_batch_size < 1 or eval_batch_size % dp.num_devices:
+        n = dp.num_devices
+        raise UserError(
+            f"eval_batch_size {eval_batch_size} is not a positive multiple of the {n} devices; "
+            f"set --config.eval_batch_size to a multiple of {n} (e.g. {max(n, 512 // n * n)})")
+    return eval_batch_size // jax.process_count()
+
+
+def save_confusion_matrix(path: str | Path, confusion: np.ndarray, names: list[str],
+                          title: str = "") -> Path:
+    """A PNG of the confusion matrix (rows: true class, columns: predicted), row-normalised
+    colours, counts written in when there are few classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion)
+    k = len(confusion)
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * k + 2.0), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 40:  # beyond that the names would overlap
+        ax.set_xticks(range(k), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+    if k <= 20:
+        for i, j in np.ndindex(k, k):
+            if confusion[i, j]:
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+class Evaluation:
+    """The task's data checks (`prepare`) and its periodic evaluation action."""
+
+    def __init__(self, config: ml_collections.ConfigDict, summary: dict):
+        self.config = config
+        self.summary = summary  # the Task's: the loop merges it into summary.json
+        self.evaluator: Evaluator | None = None
+
+    def prepare(self, source: data_lib.ImageSource) -> None:
+        """Checks the training labels, keeps the class names and loads the evaluation split."""
+        config = self.config
+        check_labels(source, config.model.num_classes)
+        names = resolve_class_names(config, source)
+        # Saved with the config in every checkpoint, so `train.py classify` knows the names
+        # without reading the data.
+        with config.unlocked():
+            config.data.class_names = names
+        split = config.data.get("eval_split", "")
+        if not split:
+            log.info("no evaluation split (data.eval_split is empty); evaluation is skipped")
+            return
+        eval_source = data_lib.load_source(config.data, split=split)
+        check_labels(eval_source, config.model.num_classes)
+        self.evaluator = Evaluator(config, eval_source)
+        log.info("evaluation: %s, %d examples", eval_source.name, eval_source.num_examples)
+
+    def __call__(self, state: ClassifierState, step: int, writer, *, final: bool = False):
+        if self.evaluator is None:
+            return
+        result = self.evaluator(state)
+        writer.write_scalars(step, {"eval_loss": result["loss"], "eval_top1": result["top1"],
+                                    "eval_top5": result["top5"]})
+        log.info("step %d: eval top-1 %.4f, top-5 %.4f, loss %.4f (%d examples)", step,
+                 result["top1"], result["top5"], result["loss"], result["num_examples"])
+        if final:
+            self.summary["eval"] = {"step": step, **result}
+            if writer.primary:
+                title = f"step {step}: top-1 {result['top1']:.4f}"
+                save_confusion_matrix(writer.workdir / "confusion_matrix.png",
+                                      np.array(result["confusion_matrix"]),
+                                      result["class_names"], title)
+                writer.plot(("accuracy", "eval_top1"), "accuracy.png")
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _probabilities(state: ClassifierState, images: jax.Array, config) -> jax.Array:
+    return jax.nn.softmax(logits_of(state, images, config), axis=-1)
+
+
+def predict_proba(state: ClassifierState, images: np.ndarray, config,
+                  batch_size: int = 256) -> np.ndarray:
+    """Class probabilities [N, num_classes] for preprocessed images [N, S, S, C] in [-1, 1]."""
+    frozen = ml_collections.FrozenConfigDict(config)
+    chunks = [np.asarray(_probabilities(state, jnp.asarray(images[i:i + batch_size]), frozen))
+              for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, config.model.num_classes))
+
+
+def classify_files(state: ClassifierState, config, paths) -> list[list[tuple[str, float]]]:
+    """For each image file, (class name, probability) of every class, most likely first."""
+    m = config.model
+    images = data_lib.load_image_files(paths, image_size=m.image_size, channels=m.channels)
+    names = class_names(config)
+    results = []
+    for p in predict_proba(state, images, config):
+        order = np.argsort(-p, kind="stable")
+        results.append([(names[i], float(p[i])) for i in order])
+    return results
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def make_task(config: ml_collections.ConfigDict) -> loop.Task:
+    """What the shared loop needs to train a classifier."""
+    summary: dict = {}
+    evaluation = Evaluation(config, summary)
+
+    def prepare(source):
+        evaluation.prepare(source)
+        log.info("%d steps = %.1f epochs of %d examples", config.num_steps,
+                 config.num_steps * config.batch_size / source.num_examples, source.num_examples)
+
+    return loop.Task(
+        create_state=functools.partial(create_state, config),
+        train_step=functools.partial(train_step, config=ml_collections.FrozenConfigDict(config)),
+        periodic={"eval": (config.eval_every, evaluation)},
+        prepare=prepare,
+        progress_metrics=("loss", "accuracy"),
+        plot_metrics=("loss", "eval_loss"),
+        summary=summary,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) a classifier in workdir, evaluating it; returns the run summary."""
+    return loop.train(config, workdir, make_task(config))
