@@ -18,6 +18,7 @@ from classifiers_jax.trainers import classifier
 from common_jax import data as data_lib
 from common_jax.activations import ACTIVATIONS
 from common_jax.checkpoint import Checkpointer
+from common_jax.config_utils import apply_overrides
 from common_jax.errors import UserError
 from common_jax.parallel import DataParallel
 from tests.helpers import write_idx
@@ -40,13 +41,7 @@ def classifier_config(data_path, variant="smoke", **overrides) -> ml_collections
     c.data.path = str(data_path)
     c.data.tfds_name = ""
     c.eval_batch_size = 16  # 37 test examples: batches of 16 + 16 + 5 real rows
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 @pytest.fixture(scope="module")
