@@ -1,11 +1,15 @@
-"""The one command line: train, sample from and classify with every model here.
+"""The one command line: train, sample from, score and classify with every model here.
 
     python train.py --config gans_jax/configs/dcgan_fashion_mnist.py --workdir runs/fashion
     python train.py --config gans_jax/configs/dcgan_mnist.py:smoke --workdir /tmp/smoke \
         --config.num_steps=20
     python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
     python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
+    python train.py eval --workdir runs/fashion [--num 10000] [--judge_workdir runs/cls_fm]
+        [--inception]
 
+`eval` scores a GAN run's latest checkpoint as its config's `metrics` section says (the flags
+override it): judge and/or Inception FID and KID, mode coverage, each with its protocol.
 Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
 printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
 """
@@ -23,17 +27,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-COMMANDS = ("train", "sample", "classify")
+COMMANDS = ("train", "sample", "classify", "eval")
 log = std_logging.getLogger("__main__")
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, logs and summary.")
-flags.DEFINE_integer("num", 64, "sample: number of images.")
+flags.DEFINE_integer("num", 64, "sample: number of images; eval: number of samples scored "
+                     "(default: the run's metrics.num_samples).")
 flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png).")
 flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
 flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
 flags.DEFINE_integer("top", 5, "classify: classes shown per image, most likely first.")
+flags.DEFINE_string("judge_workdir", None, "eval: a classifier run to judge the samples with "
+                    "(default: the run's metrics.judge_workdir; \"\" for none).")
+flags.DEFINE_bool("inception", None, "eval: also score with the FID Inception network "
+                  "(default: the run's metrics.inception).")
 FLAGS = flags.FLAGS
 
 
@@ -95,6 +104,30 @@ def run_classify(paths: list[str]) -> None:
             print(f"  {probability:8.2%}  {name}")
 
 
+def run_eval() -> None:
+    """Scores the latest checkpoint's EMA generator as its config's `metrics` section says
+    (the flags override it) and prints the scores with their protocol."""
+    from common_jax.checkpoint import restore_for_inference
+
+    num = FLAGS.num if FLAGS["num"].present else None
+    if num is not None and num < 2:
+        raise_usage(f"--num must be at least 2 for eval (a covariance needs 2 samples), got {num}")
+    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    if not hasattr(trainer, "evaluate_checkpoint"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not generate "
+                    "images; give the --workdir of a GAN run")
+    result = trainer.evaluate_checkpoint(config, state, FLAGS.workdir, num=num,
+                                         judge_workdir=FLAGS.judge_workdir,
+                                         inception=FLAGS.inception)
+    from gans_jax.evaluation import describe
+
+    print(f"checkpoint step {result['step']} in {FLAGS.workdir} (EMA generator)")
+    for line in describe(result):
+        print(line)
+    print(f"wrote summary.json \"eval\" and eval_* scalars (TensorBoard, metrics.jsonl) in "
+          f"{FLAGS.workdir}")
+
+
 def raise_usage(message: str) -> None:
     from common_jax.errors import UserError
 
@@ -126,7 +159,7 @@ def main(argv) -> None:
         if command == "classify":
             run_classify(arguments)
         else:
-            {"train": run_train, "sample": run_sample}[command]()
+            {"train": run_train, "sample": run_sample, "eval": run_eval}[command]()
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)

@@ -29,6 +29,9 @@ RESUMABLE_CHANGES = frozenset({
     "num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
     "progress_bar", "allow_config_change", "parallel", "eval_every", "eval_batch_size",
 })
+# Config sections that only say how a run is measured (all of their keys may change, and
+# checkpoints written before a section existed resume too).
+RESUMABLE_SECTIONS = frozenset({"metrics"})
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -43,9 +46,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Human-readable differences that matter for resuming (ignores RESUMABLE_CHANGES)."""
+    """Human-readable differences that matter for resuming (ignores RESUMABLE_CHANGES and
+    RESUMABLE_SECTIONS)."""
     a, b = flatten(saved), flatten(json.loads(json.dumps(current)))
-    keys = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    keys = sorted(k for k in set(a) | set(b)
+                  if k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_SECTIONS
+                  and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]
 
 
@@ -146,13 +152,15 @@ def restore_for_inference(workdir: str | Path, load_trainer) -> tuple[Any, Any, 
 
     `load_trainer(config)` returns the module with ``create_state(config)``.
     """
+    no_checkpoint = UserError(f"no checkpoint in {Path(workdir).resolve() / 'checkpoints'}; "
+                              f"train first with: python train.py --config ... --workdir {workdir}")
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise no_checkpoint  # before the manager, which would create the folders
     checkpointer = Checkpointer(workdir, asynchronous=False)
     try:
         steps = checkpointer.steps()
         if not steps:
-            raise UserError(f"no checkpoint in {Path(workdir).resolve() / 'checkpoints'}; "
-                            "train first with: python train.py --config ... --workdir "
-                            f"{workdir}")
+            raise no_checkpoint
         meta = checkpointer.read_meta(steps[-1])
         config = ml_collections.ConfigDict(meta["config"])
         trainer = load_trainer(config)

@@ -94,6 +94,7 @@ class BasicCNN(nn.Module):
         if self.hidden:
             x = Activation(self.activation, name="act_hidden")(
                 nn.Dense(self.hidden, name="hidden")(x))
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
 
 
@@ -138,6 +139,7 @@ class CNN(nn.Module):
             x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x)
             x = Activation(self.activation, name="act_hidden")(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
 
 
@@ -175,5 +177,6 @@ class FastCIFARNet(nn.Module):
             x = norm_act(x, f"block{i}_0")
             x = norm_act(conv(x, features, f"block{i}_conv1"), f"block{i}_1")
         x = global_max_pool(x)
+        self.sow("intermediates", "features", x)
         logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, name="head")(x)
         return (logits * self.logit_scale).astype(jnp.float32)

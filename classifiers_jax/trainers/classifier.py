@@ -423,6 +423,13 @@ def predict_proba(state: ClassifierState, images: np.ndarray, config,
     return np.concatenate(chunks) if chunks else np.zeros((0, config.model.num_classes))
 
 
+def inference_network(state: ClassifierState, config) -> tuple[Any, dict]:
+    """(Flax module, variables) for inference, e.g. as the judge of GAN samples
+    (`common_jax.metrics.judge`): ``module.apply(variables, images, train=False)`` gives the
+    logits and sows the penultimate features into "intermediates". No flip averaging."""
+    return make_model(config), state.net.variables()
+
+
 def classify_files(state: ClassifierState, config, paths) -> list[list[tuple[str, float]]]:
     """For each image file, (class name, probability) of every class, most likely first."""
     m = config.model

@@ -7,6 +7,8 @@ they pull in JAX and Flax:
 - `convert_inception`: converts the TorchScript / pytorch-fid weights to our .npz file.
 - `gan_metrics`: FID, KID, Inception Score, precision/recall, streaming statistics, the
   data-parallel feature extraction and the cached reference statistics.
+- `judge`: one of our trained classifiers as the feature network for small images (FID and
+  KID on its penultimate features) and as the judge of mode coverage (its class histogram).
 """
 
 from __future__ import annotations
@@ -43,17 +45,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def class_coverage(predicted: np.ndarray, num_classes: int,
-                   reference: np.ndarray | None = None) -> dict:
+                   reference: np.ndarray | None = None, *, threshold: float = 0.01) -> dict:
     """Mode coverage of generated samples from a classifier's predicted classes.
 
-    Returns the class histogram, the number of classes holding at least 1% of the samples, and
-    KL(sample class distribution || reference distribution) (uniform when not given).
+    Returns the class histogram, the number of classes holding at least `threshold` of the
+    samples (and that threshold), and KL(sample class distribution || reference distribution).
+    `reference` is a class histogram (counts or shares) of the data; uniform when not given.
+    The KL is infinite when samples fall in a class the reference never has.
     """
     counts = np.bincount(np.asarray(predicted), minlength=num_classes).astype(np.float64)
     p = counts / counts.sum()
     q = (np.full(num_classes, 1.0 / num_classes) if reference is None
          else np.asarray(reference, np.float64) / np.sum(reference))
     nonzero = p > 0
+    with np.errstate(divide="ignore"):  # q = 0 where p > 0: an infinite KL, reported as such
+        kl = float(np.sum(p[nonzero] * np.log(p[nonzero] / q[nonzero])))
     return {"histogram": counts.astype(int).tolist(),
-            "classes_covered": int((p >= 0.01).sum()),
-            "kl_to_data": float(np.sum(p[nonzero] * np.log(p[nonzero] / q[nonzero])))}
+            "classes_covered": int((p >= threshold).sum()),
+            "coverage_threshold": float(threshold),
+            "kl_to_data": kl}

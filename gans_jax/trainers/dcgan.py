@@ -1,5 +1,9 @@
 """DCGAN training: the `GANState` pytree, the pure train step, sampling, and the entry point.
 
+Scores of the EMA generator's samples (judge and/or Inception FID, KID, mode coverage) are a
+periodic action when the config's `metrics` section asks for them (`gans_jax.evaluation`), and
+`evaluate_checkpoint` serves `train.py eval`.
+
 One step, per device with the named axis `common_jax.parallel.AXIS`:
   1. G's forward pass once (kept as a VJP) on z drawn from ``fold_in(key, step)``;
   2. D update on the real batch and the detached fake batch;
@@ -12,6 +16,7 @@ device computes on the whole batch.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
@@ -20,11 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from common_jax import data as data_lib
 from common_jax import loop, parallel
 from common_jax.state import NetState, apply_gradients, create_net_state
-from gans_jax import checkerboard, losses
+from gans_jax import checkerboard, evaluation, losses
 from gans_jax.models.dcgan import Discriminator, Generator
 
 
@@ -207,6 +214,29 @@ def generate(state: GANState, z: jax.Array, config, *, use_ema: bool = True) -> 
     return np.asarray(_generate(state, z, frozen, use_ema))
 
 
+def generate_batches(state: GANState, config, num: int, *, batch_size: int,
+                     seed: int = evaluation.SAMPLE_SEED, devices=None,
+                     use_ema: bool = True) -> Iterator[np.ndarray]:
+    """`num` images in [-1, 1] from fixed latent vectors, as host batches, data-parallel.
+
+    Each batch of z is split over a mesh of `devices` (default: this process's) and the state
+    replicated on it; `generate`'s compiled function then runs partitioned by batch, with the
+    batch-norm statistics of the whole batch as on one device. Every batch has the same size
+    (`batch_size` rounded up to a multiple of the devices), so it compiles once and each
+    sample sees the same batch statistics; the surplus of the last batch is dropped.
+    """
+    devices = list(devices) if devices is not None else jax.local_devices()
+    mesh = Mesh(np.array(devices), (parallel.AXIS,))
+    per_batch = -(-batch_size // len(devices)) * len(devices)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    z = np.asarray(sample_z(config, -(-num // per_batch) * per_batch, seed))
+    split = NamedSharding(mesh, P(parallel.AXIS))
+    for start in range(0, num, per_batch):
+        images = generate(state, jax.device_put(z[start:start + per_batch], split), config,
+                          use_ema=use_ema)
+        yield images[:num - start]
+
+
 def reference_images(source, config, num: int = 256) -> np.ndarray:
     """A fixed set of real training images (for normalising image statistics)."""
     num = min(num, source.num_examples)
@@ -232,14 +262,50 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
         writer.write_scalars(step, {
             "checkerboard": fake_fraction / max(reference["fraction"], 1e-12)})
 
+    periodic = {"samples": (config.sample_every, write_samples)}
+    summary: dict = {}
+    # Only when configured: a run without scores pays nothing for them.
+    scorer = evaluation.scorer_for(config)
+    if scorer is not None:
+        periodic["metrics"] = (scorer.metrics.every,
+                               evaluation.ScoreAction(scorer, make_sampler(config, scorer),
+                                                      summary))
+
+    def prepare_all(source):
+        prepare(source)
+        if scorer is not None:
+            scorer.load_reference_source()
+
     return loop.Task(
         create_state=functools.partial(create_state, config),
         train_step=functools.partial(train_step, config=ml_collections.FrozenConfigDict(config)),
-        periodic={"samples": (config.sample_every, write_samples)},
-        prepare=prepare,
+        periodic=periodic,
+        prepare=prepare_all,
         progress_metrics=("d_loss", "g_loss", "d_real", "d_fake"),
         plot_metrics=("d_loss", "g_loss"),
+        summary=summary,
     )
+
+
+def make_sampler(config: ml_collections.ConfigDict, scorer: evaluation.SampleScorer):
+    """(state, num) -> batches of the EMA generator's samples, for the scorer."""
+    def sampler(state: GANState, num: int) -> Iterator[np.ndarray]:
+        return generate_batches(state, config, num, batch_size=scorer.metrics.batch_size)
+
+    return sampler
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, state: GANState, workdir: str, *,
+                        num: int | None = None, judge_workdir: str | None = None,
+                        inception: bool | None = None) -> dict:
+    """`train.py eval`: scores a restored state's EMA generator (gans_jax.evaluation)."""
+    metrics = evaluation.settings(config)
+
+    def sampler(num_images: int) -> Iterator[np.ndarray]:
+        return generate_batches(state, config, num_images, batch_size=metrics.batch_size)
+
+    return evaluation.evaluate_checkpoint(config, int(state.step), workdir, sampler, num=num,
+                                          judge_workdir=judge_workdir, inception=inception)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
