@@ -315,3 +315,22 @@ def test_variants_combine_and_unknown_ones_are_refused():
     assert c.model.arch == "basic" and c.model.width == 4 and c.optimizer.name == "adam"
     with pytest.raises(ValueError, match="basic, smoke"):
         mnist.get_config("huge")
+
+
+def test_activation_study_trains_each_activation_and_writes_table(tmp_path):
+    from classifiers_jax import activation_study
+
+    data = labelled_digits(tmp_path / "data")
+    results = activation_study.main(["--workdir", str(tmp_path / "study"), "--steps", "2",
+                                      "--only", "relu", "binary_step", "--batch_size", "16",
+                                      "--data_path", str(data)])
+    assert list(results) == ["binary_step", "relu"]  # in the order of the study's list
+    for row in results.values():
+        assert 0.0 <= row["test_top1"] <= 1.0 and row["steps"] == 2
+    table = (tmp_path / "study" / "study.md").read_text()
+    assert "| relu |" in table and "| binary_step |" in table
+    # A second call reads the finished runs back instead of training again.
+    again = activation_study.main(["--workdir", str(tmp_path / "study"), "--steps", "2",
+                                   "--only", "relu", "--batch_size", "16",
+                                   "--data_path", str(data)])
+    assert again["relu"] == results["relu"]
