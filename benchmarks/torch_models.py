@@ -1,0 +1,252 @@
+"""PyTorch twins of the Flax models, for side-by-side speed baselines (`torch_baselines`).
+
+Each twin has the same layers with the same shapes, hence the same parameter count, as its Flax
+model at the same config (tests/test_benchmarks.py checks the counts):
+- DCGAN `Generator` / `Discriminator` (gans_jax/models/dcgan.py) for the paper's choices:
+  a bias-free linear projection to base×base maps, [transposed conv k4 s2 p1 -> batch norm ->
+  ReLU] blocks, tanh; [conv k4 s2 p1 -> batch norm (not on the first layer) -> LeakyReLU(0.2)]
+  blocks and a bias-free linear logit. Weights N(0, 0.02), batch-norm scale N(1, 0.02).
+- `BasicCNN`, `CNN` and `FastCIFARNet` (classifiers_jax/models/cnn.py).
+Layouts differ where the frameworks differ (NCHW, weights [out, in, kh, kw]); that moves no
+parameter and changes no operation count. `unsupported(config)` names any configured choice a
+twin does not mirror (other up/downsampling, norms, spectral norm, losses, ...).
+
+Not run on its own: imported by `benchmarks.torch_baselines`, which needs PyTorch installed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gans_jax.models.dcgan import geometry
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "elu": nn.ELU,
+               "silu": nn.SiLU, "swish": nn.SiLU, "logistic": nn.Sigmoid, "sigmoid": nn.Sigmoid,
+               "softplus": nn.Softplus, "identity": nn.Identity}
+
+
+def activation(name: str, slope: float = 0.2) -> nn.Module:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(slope)
+    if name not in ACTIVATIONS:
+        raise ValueError(f"no PyTorch twin for activation '{name}'")
+    return ACTIVATIONS[name]()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """The DCGAN paper's initialisation, as the Flax models use it."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- DCGAN
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] -> images [B, channels, size, size] in [-1, 1]."""
+
+    def __init__(self, image_size: int, channels: int, width: int = 64, z_dim: int = 100):
+        super().__init__()
+        base, n = geometry(image_size)
+        features = width * 2 ** (n - 1)
+        self.base, self.features = base, features
+        self.memory_format = torch.contiguous_format
+        # Flax's Dense "project"; equal to the paper's transposed conv on a 1x1 input.
+        self.project = nn.Linear(z_dim, base * base * features, bias=False)
+        self.project_bn = nn.BatchNorm2d(features)  # momentum 0.1, eps 1e-5 as in Flax
+        layers: list[nn.Module] = []
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(features, features // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(features // 2), nn.ReLU(inplace=True)]
+            features //= 2
+        layers += [nn.ConvTranspose2d(features, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.project(z).view(-1, self.features, self.base, self.base)
+        x = torch.relu(self.project_bn(x.contiguous(memory_format=self.memory_format)))
+        return self.body(x)
+
+
+class Discriminator(nn.Module):
+    """images [B, channels, size, size] -> logits [B]."""
+
+    def __init__(self, image_size: int, channels: int, width: int = 64, slope: float = 0.2):
+        super().__init__()
+        base, n = geometry(image_size)
+        layers: list[nn.Module] = []
+        cin = channels
+        for i in range(n):
+            cout = width * 2**i
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
+            if i > 0:  # the paper leaves the first layer unnormalised
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(slope, inplace=True))
+            cin = cout
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.logit = nn.Linear(base * base * cin, 1, bias=False)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit(self.body(x))[:, 0]
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+
+def _pooled(size: int, times: int) -> int:
+    for _ in range(times):
+        size //= 2  # 2x2 max pool, stride 2, no padding (Flax's VALID)
+    return size
+
+
+class BasicCNN(nn.Module):
+    """[conv k×k (SAME) -> 2x2 max pool -> act] x 2 (w, 2w) -> flatten -> [dense] -> dense."""
+
+    def __init__(self, image_size: int, channels: int, num_classes: int = 10, width: int = 32,
+                 kernel_size: int = 5, hidden: int = 0, act: str = "relu"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = channels
+        for features in (width, 2 * width):
+            layers += [nn.Conv2d(cin, features, kernel_size, padding="same"), nn.MaxPool2d(2),
+                       activation(act)]
+            cin = features
+        layers.append(nn.Flatten())
+        flat = _pooled(image_size, 2) ** 2 * cin
+        if hidden:
+            layers += [nn.Linear(flat, hidden), activation(act)]
+            flat = hidden
+        layers.append(nn.Linear(flat, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """`depth` stages of [conv3x3 -> BN -> act] x k + max pool + dropout, GAP or flatten head."""
+
+    def __init__(self, image_size: int, channels: int, num_classes: int = 10, width: int = 32,
+                 depth: int = 2, convs_per_stage: int = 2, batch_norm: bool = True,
+                 dropout: float = 0.0, act: str = "relu", head: str = "gap", hidden: int = 0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = channels
+        for stage in range(depth):
+            features = width * 2**stage
+            for _ in range(convs_per_stage):
+                layers.append(nn.Conv2d(cin, features, 3, padding=1, bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(features))
+                layers.append(activation(act))
+                cin = features
+            layers += [nn.MaxPool2d(2), _dropout(dropout)]
+        self.body = nn.Sequential(*layers)
+        self.gap = head == "gap"
+        flat = cin if self.gap else _pooled(image_size, depth) ** 2 * cin
+        tail: list[nn.Module] = []
+        if hidden:
+            tail += [nn.Linear(flat, hidden), activation(act), _dropout(dropout)]
+            flat = hidden
+        self.tail = nn.Sequential(*tail, nn.Linear(flat, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        x = x.mean(dim=(2, 3)) if self.gap else torch.flatten(x, 1)
+        return self.tail(x)
+
+
+def _dropout(rate: float) -> nn.Module:
+    return nn.Dropout(rate) if rate else nn.Identity()
+
+
+class FastCIFARNet(nn.Module):
+    """Stem, three [conv -> pool -> BN -> act -> conv -> BN -> act] blocks (w, 4w, 4w), global
+    max pool, bias-free linear head scaled by `logit_scale`."""
+
+    def __init__(self, channels: int = 3, num_classes: int = 10, width: int = 64,
+                 stem_width: int = 0, act: str = "gelu", logit_scale: float = 0.125,
+                 bn_momentum: float = 0.8):
+        super().__init__()
+        momentum = 1.0 - bn_momentum  # Flax keeps `momentum` of the old average; PyTorch 1 - it
+
+        def conv_bn_act(cin, cout, pool=False):
+            conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+            return [conv, *([nn.MaxPool2d(2)] if pool else []),
+                    nn.BatchNorm2d(cout, momentum=momentum), activation(act)]
+
+        stem = stem_width or max(width // 2, 1)
+        layers = conv_bn_act(channels, stem)
+        cin = stem
+        for features in (width, 4 * width, 4 * width):
+            layers += conv_bn_act(cin, features, pool=True) + conv_bn_act(features, features)
+            cin = features
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes, bias=False)
+        self.logit_scale = logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.amax(self.body(x), dim=(2, 3))
+        return self.head(x) * self.logit_scale
+
+
+# ----------------------------------------------------------------------------- from configs
+
+_DCGAN_DEFAULTS = {"upsample": "transpose4", "downsample": "strided", "g_norm": "batch",
+                   "d_norm": "batch", "d_spectral_norm": False, "g_activation": "relu",
+                   "d_activation": "leaky_relu"}
+_GAN_LOSS_DEFAULTS = {"kind": "non_saturating", "gradient_penalty": 0.0, "r1": 0.0,
+                      "drift": 0.0}
+
+
+def unsupported(config) -> str | None:
+    """Why a config has no PyTorch twin here, or None when it has one."""
+    m = config.model
+    if config.trainer.startswith("gans_jax."):
+        for key, value in _DCGAN_DEFAULTS.items():
+            if m.get(key, value) != value:
+                return f"model.{key}={m.get(key)!r} has no PyTorch twin (only {value!r})"
+        for key, value in _GAN_LOSS_DEFAULTS.items():
+            if config.loss.get(key, value) != value:
+                return f"loss.{key}={config.loss.get(key)!r} has no PyTorch twin"
+        if config.get("n_critic", 1) != 1 or config.get("instance_noise", 0.0):
+            return "n_critic > 1 and instance noise have no PyTorch twin"
+        return None
+    if m.arch not in ("basic", "cnn", "fast"):
+        return f"model.arch={m.arch!r} has no PyTorch twin"
+    if m.get("dtype", "float32") != "float32":
+        return f"model.dtype={m.dtype!r}: the PyTorch twins run float32 only"
+    if m.activation not in ACTIVATIONS and m.activation != "leaky_relu":
+        return f"model.activation={m.activation!r} has no PyTorch twin"
+    return None
+
+
+def dcgan_from_config(config) -> tuple[Generator, Discriminator]:
+    m = config.model
+    g = Generator(m.image_size, m.channels, width=m.g_width, z_dim=m.z_dim)
+    d = Discriminator(m.image_size, m.channels, width=m.d_width, slope=m.d_slope)
+    return g, d
+
+
+def classifier_from_config(config) -> nn.Module:
+    m = config.model
+    common = {"channels": m.channels, "num_classes": m.num_classes, "width": m.width,
+              "act": m.activation}
+    if m.arch == "basic":
+        return BasicCNN(m.image_size, kernel_size=m.kernel_size, hidden=m.hidden, **common)
+    if m.arch == "fast":
+        return FastCIFARNet(**common)
+    return CNN(m.image_size, depth=m.depth, convs_per_stage=m.convs_per_stage,
+               batch_norm=m.batch_norm, dropout=m.dropout, head=m.head, hidden=m.hidden,
+               **common)

@@ -1,0 +1,177 @@
+"""The benchmark scripts in their tiny settings: each runs and writes a JSON record with the
+expected keys, and the report turns the records into Markdown. The PyTorch twins have the Flax
+models' parameter counts. No timing is asserted: the figures depend on the machine."""
+
+import importlib
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import common, input_pipeline, peak, report, scaling, torch_baselines, train_step
+
+HEADER_KEYS = {"benchmark", "date", "commit", "versions", "backend", "device_kind", "num_devices",
+               "cpu_model", "args", "tiny", "results"}
+TIMED_KEYS = {"images_per_s", "images_per_s_std", "ms_per_step", "ms_per_step_std",
+              "steps_per_round", "rounds"}
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Runs peak, train_step and scaling once in their tiny settings; returns the folder."""
+    out = tmp_path_factory.mktemp("bench")
+    args = ["--tiny", "--out", str(out), "--tag", "test"]
+    peak.main(args + ["--dtypes", "float32"])
+    # torch.compile takes tens of seconds even for tiny networks: eager only here.
+    train_step.main(args + ["--only", "dcgan_mnist", "--only", "cls_mnist_basic",
+                            "--no-torch-compile"])
+    scaling.main(args + ["--only", "cls_mnist_basic", "--devices", "1,2"])
+    return out
+
+
+def load(folder, script):
+    record = json.loads((folder / f"{script}_test.json").read_text())
+    assert HEADER_KEYS <= set(record), HEADER_KEYS - set(record)
+    assert record["benchmark"] == script and record["tiny"] is True
+    assert {"jax", "jaxlib", "flax", "torch"} <= set(record["versions"])
+    return record
+
+
+def test_peak_record(records):
+    record = load(records, "peak")
+    backends = {r["backend"] for r in record["results"]}
+    assert "xla" in backends
+    assert ("torch" in backends) == (common.import_torch() is not None)
+    for row in record["results"]:
+        assert row["size"] == 256 and row["dtype"] == "float32"
+        assert row["gflops"] > 0 and row["gflops_best"] >= row["gflops"]
+
+
+def test_train_step_record(records):
+    record = load(records, "train_step")
+    assert record["xla_float32_peak"]["gflops_best"] > 0
+    assert set(record["results"]) == {"dcgan_mnist", "cls_mnist_basic"}
+    for name, entry in record["results"].items():
+        jax_result = entry["jax"]
+        assert TIMED_KEYS <= set(jax_result)
+        assert jax_result["flops_per_step"] > 0 and jax_result["fraction_of_f32_peak"] > 0
+        assert jax_result["compile_s"] > 0 and "xla_memory" in jax_result
+        assert set(jax_result["params"]) == ({"g", "d"} if name.startswith("dcgan") else {"net"})
+        if common.import_torch() is None:
+            assert entry["torch"] == torch_baselines.NOT_INSTALLED
+        else:
+            assert TIMED_KEYS <= set(entry["torch_eager"])
+            assert entry["torch_compile"] == "skipped: --no-torch-compile"
+            assert entry["ratios"]["jax_over_torch_eager"] > 0
+        if "skipped" not in entry["input"]:  # the real MNIST files are present
+            assert TIMED_KEYS <= set(entry["input"]["input_pipeline"])
+            assert TIMED_KEYS <= set(entry["input"]["end_to_end"])
+            assert isinstance(entry["input"]["input_bound"], bool)
+
+
+def test_scaling_record(records):
+    record = load(records, "scaling")
+    rows = record["results"]["cls_mnist_basic"]["rows"]
+    assert {(r["parallel"], r["devices"]) for r in rows} == {
+        (mode, n) for mode in ("shard_map", "pmap") for n in (1, 2)}
+    for row in rows:
+        assert TIMED_KEYS <= set(row) and row["efficiency"] > 0
+    assert all(r["speedup_vs_1"] == 1.0 for r in rows if r["devices"] == 1)
+
+
+def test_report_writes_markdown_tables(records, tmp_path):
+    out = report.main(["--results", str(records), "--out", str(tmp_path / "table.md")])
+    text = out.read_text()
+    for title in ("### Matmul peak", "### Train step", "### Data-parallel scaling"):
+        assert title in text
+    assert "| `dcgan_mnist` | 16 |" in text and "| `cls_mnist_basic` | 16 | pmap | 2 |" in text
+
+
+def test_missing_data_is_skipped_with_its_reason(tmp_path):
+    config = common.load_config(common.smoke_spec(common.REGISTRY["cls_mnist"]))
+    config.data.path = str(tmp_path / "absent")
+    config.data.tfds_name = "no_such_dataset_here"
+    result = input_pipeline.measure(config, log=lambda _: None)
+    assert result["skipped"].startswith("skipped: real data absent")
+    assert "absent" in result["skipped"]
+
+
+def test_without_torch_the_baselines_say_so(monkeypatch):
+    monkeypatch.setattr(common, "import_torch", lambda: None)
+    config = common.load_config(common.smoke_spec(common.REGISTRY["dcgan_mnist"]))
+    assert torch_baselines.contestants(config) == ([], {"torch": "skipped: torch not installed"})
+    assert peak.torch_contestant(64, "float32") is None
+
+
+def test_a_failing_torch_compile_is_recorded(monkeypatch):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (the bench extra)")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    config = common.load_config(common.smoke_spec(common.REGISTRY["cls_mnist_basic"]))
+    found, skipped = torch_baselines.contestants(config, channels_last="off", log=lambda _: None)
+    assert [c.name for c in found] == ["torch_eager"]
+    assert skipped["torch_compile"] == "failed: RuntimeError: no C++ compiler"
+
+
+def _flax_params(config):
+    trainer = importlib.import_module(config.trainer)
+    state = jax.eval_shape(lambda: trainer.create_state(config))
+    nets = {k: getattr(state, k).params for k in ("g", "d", "net") if hasattr(state, k)}
+    return {k: sorted(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in nets.items()}
+
+
+@pytest.mark.parametrize("name", list(common.REGISTRY))
+def test_torch_twins_have_the_flax_parameter_counts(name):
+    pytest.importorskip("torch", reason="PyTorch is not installed (the bench extra)")
+    from benchmarks import torch_models
+
+    config = common.load_config(common.REGISTRY[name])  # full size, as benchmarked
+    assert torch_models.unsupported(config) is None
+    if common.family(config) == "gan":
+        twins = dict(zip(("g", "d"), torch_models.dcgan_from_config(config), strict=True))
+    else:
+        twins = {"net": torch_models.classifier_from_config(config)}
+    flax_sizes = _flax_params(config)
+    for key, twin in twins.items():
+        torch_sizes = sorted(p.numel() for p in twin.parameters())
+        # The same tensors up to layout: the same sizes, hence the same total.
+        assert torch_sizes == flax_sizes[key], key
+        assert torch_models.count_parameters(twin) == sum(flax_sizes[key])
+
+
+def test_dcgan_64_twins_match_the_reference_counts():
+    pytest.importorskip("torch", reason="PyTorch is not installed (the bench extra)")
+    from benchmarks import torch_models
+
+    config = common.load_config(common.REGISTRY["dcgan_anime"])
+    g, d = torch_models.dcgan_from_config(config)
+    assert torch_models.count_parameters(g) == 3_576_704
+    assert torch_models.count_parameters(d) == 2_765_568
+
+
+def test_conv_layers_tiny_writes_each_part_per_layer(tmp_path):
+    from benchmarks import conv_layers
+
+    record = conv_layers.main(["--tiny", "--out", str(tmp_path), "--tag", "test"])
+    saved = json.loads((tmp_path / "conv_layers_test.json").read_text())
+    assert saved["benchmark"] == "conv_layers" and saved["tiny"] is True
+    assert len(saved["layers"]) == len(conv_layers.TINY) == len(record["layers"])
+    for row in saved["layers"]:
+        assert set(row["xla_ms"]) == set(conv_layers.PARTS)
+        assert all(ms > 0 for ms in row["xla_ms"].values())
+        assert row["torch_ms"] is None or set(row["torch_ms"]) == set(conv_layers.PARTS)
+
+
+def test_conv_layers_forms_match_their_definition():
+    """The timed XLA functions compute the layer (transposed: PyTorch's k4 s2 p1 output size)."""
+    from benchmarks import conv_layers
+
+    for layer in conv_layers.TINY:
+        x = jax.numpy.ones((layer.batch, layer.size, layer.size, layer.cin))
+        w = jax.numpy.ones((layer.kernel, layer.kernel, layer.cin, layer.cout))
+        y = conv_layers.xla_functions(layer)["forward"](x, w)
+        assert y.shape == (layer.batch, layer.out_size, layer.out_size, layer.cout)
