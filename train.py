@@ -54,6 +54,9 @@ def trainer_module(config):
 def run_train() -> None:
     if FLAGS.config is None:
         raise_usage("train needs --config path.py[:variant]")
+    from common_jax.parallel import use_cpu_cores
+
+    use_cpu_cores((FLAGS.config.batch_size, FLAGS.config.get("eval_batch_size", 0)))
     summary = trainer_module(FLAGS.config).train_and_evaluate(FLAGS.config, FLAGS.workdir)
     log.info("done: step %s, %s images/s; outputs in %s", summary["final_step"],
                  summary["images_per_s"], FLAGS.workdir)

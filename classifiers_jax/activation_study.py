@@ -18,6 +18,7 @@ from pathlib import Path
 
 from classifiers_jax.configs import fashion_mnist
 from classifiers_jax.trainers import classifier
+from common_jax.parallel import use_cpu_cores
 
 # The seeds' list, in their order; "softmax" normalises over the channels of each position.
 STUDIED = ("binary_step", "logistic", "tanh", "arctan", "relu", "prelu", "elu", "softplus",
@@ -76,6 +77,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    use_cpu_cores((args.batch_size, fashion_mnist.get_config("basic").eval_batch_size))
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
     results_path = root / "study.json"

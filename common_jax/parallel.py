@@ -31,6 +31,38 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def use_cpu_cores(batch_sizes: tuple[int, ...], cores: int | None = None) -> int:
+    """On CPU, runs one device per core; returns the number of CPU devices chosen (1: none).
+
+    XLA's CPU backend runs a convolution on one thread, so a single CPU device leaves the other
+    cores idle in a conv net's train step. With one device per core, the data-parallel step
+    computes the same result (gradients and batch-norm statistics are averaged over the devices)
+    on all of them. The count is the largest power of two that is at most the cores this process
+    may use and divides every batch size. Leaves an explicit choice alone
+    (--xla_force_host_platform_device_count in XLA_FLAGS, or jax_num_cpu_devices), and must run
+    before JAX creates its devices; otherwise it changes nothing.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 1
+    if jax.config.jax_num_cpu_devices > 0:
+        return jax.config.jax_num_cpu_devices
+    count = cpu_device_count(batch_sizes, cores or len(os.sched_getaffinity(0)))
+    if count > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError:  # devices exist already: too late to change their number
+            return 1
+    return count
+
+
+def cpu_device_count(batch_sizes: tuple[int, ...], cores: int) -> int:
+    """The largest power of two <= cores dividing every (non-zero) batch size."""
+    count = 1
+    while count * 2 <= cores and all(b % (count * 2) == 0 for b in batch_sizes if b):
+        count *= 2
+    return count
+
+
 def local_batch_slice(global_values: jax.Array, local_size: int) -> jax.Array:
     """This device's rows of an array computed identically on every device.
 

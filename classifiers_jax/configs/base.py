@@ -1,7 +1,8 @@
 """Settings shared by every classifier experiment; experiments override them.
 
 Variants, chosen after the config path (``config.py:variant``) and combinable with "+":
-  basic  the seeds' BasicCNN ([conv 5x5 -> pool -> act] x 2 -> dense), Adam 1e-3, constant
+  basic  the seeds' BasicCNN ([conv 5x5 -> pool -> act] x 2 -> dense), Adam 1e-3, constant,
+         no augmentation
   smoke  tiny widths and a few steps: runs in seconds (tests, quick checks)
 e.g. ``--config classifiers_jax/configs/mnist.py:basic+smoke``.
 """
@@ -98,8 +99,9 @@ def with_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collec
 
 
 def basic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The seeds' BasicCNN with Adam at a constant learning rate."""
+    """The seeds' BasicCNN with Adam at a constant learning rate, without augmentation."""
     c.model.arch = "basic"
+    c.data.augment = "none"
     c.model.width = 32
     c.model.kernel_size = 5
     c.model.hidden = 0
