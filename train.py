@@ -111,7 +111,9 @@ def run_eval() -> None:
     """Scores the latest checkpoint's EMA generator as its config's `metrics` section says
     (the flags override it) and prints the scores with their protocol."""
     from common_jax.checkpoint import restore_for_inference
+    from common_jax.parallel import use_cpu_cores
 
+    use_cpu_cores(())  # sampling and features pad their batches to the device count
     num = FLAGS.num if FLAGS["num"].present else None
     if num is not None and num < 2:
         raise_usage(f"--num must be at least 2 for eval (a covariance needs 2 samples), got {num}")
