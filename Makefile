@@ -39,7 +39,8 @@ clean:
 	rm -rf $(VENV) runs
 
 # The benchmark suite (~20 min on 2 CPU cores): matmul peak, train steps of every registered
-# model side by side with their PyTorch twins, data-parallel scaling, then the Markdown table.
+# model side by side with their PyTorch twins, data-parallel scaling, each convolution's parts
+# beside PyTorch's, then the Markdown table.
 # PyTorch comes from the `bench` extra; without it the baselines are recorded as skipped.
 # `make bench BENCH_ARGS=--tiny` checks that everything runs, in a few minutes.
 BENCH_ARGS ?=
@@ -49,6 +50,7 @@ bench: venv
 	$(PY) -m benchmarks.peak $(BENCH_ARGS)
 	$(PY) -m benchmarks.train_step $(BENCH_ARGS)
 	$(PY) -m benchmarks.scaling $(BENCH_ARGS)
+	$(PY) -m benchmarks.conv_layers $(BENCH_ARGS)
 	$(PY) -m benchmarks.report
 	@echo "records: benchmarks/results/*.json  table: benchmarks/results/README_table.md"
 

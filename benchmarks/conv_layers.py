@@ -5,7 +5,8 @@ gradient, timed alone on XLA and on PyTorch, side by side.
     python -m benchmarks.conv_layers --tiny     # seconds (tests)
 
 For every layer shape (the DCGAN 64x64 discriminator's strided convs, the generator's transposed
-convs, the classifier's 3x3 convs) it times, on one batch already in memory: the forward pass,
+convs in XLA's form and in the sub-pixel form the models use on CPU, the classifier's 3x3 convs)
+it times, on one batch already in memory: the forward pass,
 the gradient with respect to the input and the gradient with respect to the kernel, each as its
 own compiled function (XLA) or its own autograd call (PyTorch eager, channels-last, the faster
 layout there). Rounds alternate between the two frameworks. Reports milliseconds (median of the
@@ -26,6 +27,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks import common
+from gans_jax.layers import conv_transpose_4x4
 
 PARTS = ("forward", "grad_input", "grad_kernel")
 
@@ -40,6 +42,7 @@ class Layer:
     kernel: int
     stride: int
     transposed: bool = False
+    impl: str = "xla"  # transposed k4 s2: "xla" (lax.conv_transpose) or "subpixel" (ours on CPU)
 
     @property
     def out_size(self) -> int:
@@ -54,18 +57,19 @@ class Layer:
 LAYERS = (
     Layer("dcgan64 D conv 32->16 (64->128)", 64, 32, 64, 128, 4, 2),
     Layer("dcgan64 D conv 16->8 (128->256)", 64, 16, 128, 256, 4, 2),
-    Layer("dcgan64 G tconv 16->32 (128->64)", 64, 16, 128, 64, 4, 2, transposed=True),
-    Layer("dcgan64 G tconv 8->16 (256->128)", 64, 8, 256, 128, 4, 2, transposed=True),
+    Layer("dcgan64 G tconv 16->32 (128->64), XLA form", 64, 16, 128, 64, 4, 2, True),
+    Layer("dcgan64 G tconv 16->32 (128->64), sub-pixel form", 64, 16, 128, 64, 4, 2, True,
+          "subpixel"),
+    Layer("dcgan64 G tconv 8->16 (256->128), sub-pixel form", 64, 8, 256, 128, 4, 2, True,
+          "subpixel"),
     Layer("mnist cnn 3x3 28x28 (32->32)", 128, 28, 32, 32, 3, 1),
     Layer("mnist cnn 3x3 14x14 (64->64)", 128, 14, 64, 64, 3, 1),
 )
-TINY = (Layer("tiny conv", 2, 8, 4, 8, 4, 2), Layer("tiny tconv", 2, 4, 8, 4, 4, 2, True))
+TINY = (Layer("tiny conv", 2, 8, 4, 8, 4, 2), Layer("tiny tconv", 2, 4, 8, 4, 4, 2, True),
+        Layer("tiny tconv sub-pixel", 2, 4, 8, 4, 4, 2, True, "subpixel"))
 
 
 def _padding(layer: Layer) -> tuple[tuple[int, int], ...]:
-    if layer.transposed:  # k4 s2 "padding 1" transposed conv = dilated-input conv padding k-2
-        pad = layer.kernel - 2
-        return ((pad, pad), (pad, pad))
     pad = (layer.kernel - 1) // 2 if layer.stride == 1 else (layer.kernel - layer.stride) // 2
     return ((pad, pad), (pad, pad))
 
@@ -75,10 +79,8 @@ def xla_functions(layer: Layer):
     dn = ("NHWC", "HWIO", "NHWC")
 
     def forward(x, w):
-        if layer.transposed:
-            return lax.conv_general_dilated(x, w, (1, 1), _padding(layer),
-                                            lhs_dilation=(layer.stride,) * 2,
-                                            dimension_numbers=dn)
+        if layer.transposed:  # the generator's layer, in the form named
+            return conv_transpose_4x4(x, w, impl=layer.impl)
         return lax.conv_general_dilated(x, w, (layer.stride,) * 2, _padding(layer),
                                         dimension_numbers=dn)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks import common
 
-SCRIPTS = ("peak", "train_step", "scaling", "torch_baselines", "input_pipeline")
+SCRIPTS = ("peak", "train_step", "scaling", "conv_layers", "torch_baselines", "input_pipeline")
 
 
 def latest(results: Path, script: str) -> tuple[Path, dict] | None:
@@ -161,10 +161,24 @@ def pipeline_section(record: dict) -> list[str]:
     return _table(["model", "batch", "input pipeline images/s"], rows)
 
 
+def conv_layers_section(record: dict) -> list[str]:
+    rows = []
+    for row in record.get("layers", []):
+        xla, torch = row["xla_ms"], row.get("torch_ms") or {}
+        parts = ("forward", "grad_input", "grad_kernel")
+        rows.append([row["layer"]["name"], _num(row["gflop"], 2)]
+                    + [f"{_num(xla[p])} / {_num(torch.get(p))}" for p in parts])
+    head = ["layer", "GFLOP (forward)", "forward ms XLA / PyTorch", "input grad ms",
+            "kernel grad ms"]
+    return ["Each part of a convolution alone (median ms; PyTorch eager, channels-last).", ""] + \
+        _table(head, rows)
+
+
 SECTIONS = {
     "peak": ("Matmul peak", peak_section),
     "train_step": ("Train step: JAX and PyTorch side by side", train_step_section),
     "scaling": ("Data-parallel scaling", scaling_section),
+    "conv_layers": ("Where the time goes: convolutions alone", conv_layers_section),
     "torch_baselines": ("PyTorch twins alone", torch_section),
     "input_pipeline": ("Input pipeline alone", pipeline_section),
 }

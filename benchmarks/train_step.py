@@ -211,7 +211,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per contestant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--round-seconds", type=float, default=1.0)
-    parser.add_argument("--devices", type=int, default=1, help="JAX devices for the step")
+    parser.add_argument("--devices", type=int, default=0,
+                        help="JAX devices for the step (0: as train.py, one per CPU core on a "
+                             "CPU, else 1)")
     parser.add_argument("--parallel", choices=MODES, default="shard_map")
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size of the peak")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
@@ -231,6 +233,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None, *, reexec: bool = False) -> dict:
     args = parse_args(argv)
+    if args.devices == 0:
+        import jax
+
+        from common_jax.parallel import use_cpu_cores
+
+        chosen = use_cpu_cores(())
+        args.devices = chosen if jax.default_backend() == "cpu" else 1
     common.ensure_devices(args.devices, reexec=reexec)
     record = common.header("train_step", args)
     xla_peak = peak.xla_float32_peak(args.peak_size, repeats=2 if args.tiny else 3)
