@@ -171,8 +171,10 @@ def run_steps(config, mode, num_devices, num_steps=2):
 @pytest.mark.parametrize("mode,arch", [("shard_map", "cnn"), ("pmap", "cnn"),
                                        ("shard_map", "fast")])
 def test_eight_devices_compute_what_one_device_computes(digits, mode, arch):
-    # Batch norm (statistics over the global batch), label smoothing and weight decay all on.
-    config = classifier_config(digits, **{"model.arch": arch, "loss.label_smoothing": 0.1})
+    # Batch norm (statistics over the global batch), label smoothing and weight decay all on;
+    # dropout off: each device draws its own masks, so only then must the results agree.
+    config = classifier_config(digits, **{"model.arch": arch, "loss.label_smoothing": 0.1,
+                                          "model.dropout": 0.0})
     chex.clear_trace_counter()
     one_state, one_metrics = run_steps(config, mode, 1)
     chex.clear_trace_counter()
