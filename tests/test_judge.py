@@ -133,12 +133,14 @@ def test_judge_from_a_classifier_run_is_deterministic_and_predicts_as_the_classi
     again = list(judge.outputs([images[:20], images[20:]], batch_size=16))
     one = list(judge.outputs(images, batch_size=16, devices=jax.devices()[:1]))
     features = np.concatenate([o["features"] for o in eight])
-    assert features.shape == (37, 8)  # CNN smoke: width 4, 2 stages -> 8 pooled channels
+    config, state, _ = restore_for_inference(judge_dir, lambda c: classifier)
+    m = config.model  # the head's input: the last stage's channels, pooled or flattened
+    side = 28 // 2**m.depth if m.head == "flatten" else 1
+    assert features.shape == (37, m.width * 2 ** (m.depth - 1) * side * side)
     np.testing.assert_array_equal(np.concatenate([o["features"] for o in again]), features)
     # Per-device batches of 2 vs 16 rows may round differently in the last bits.
     np.testing.assert_allclose(np.concatenate([o["features"] for o in one]), features,
                                rtol=1e-5, atol=1e-7)
-    config, state, _ = restore_for_inference(judge_dir, lambda c: classifier)
     expected = classifier.predict_proba(state, images, config).argmax(-1)
     np.testing.assert_array_equal(np.concatenate([o["predicted"] for o in eight]), expected)
 

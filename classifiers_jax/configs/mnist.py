@@ -4,18 +4,18 @@ accuracy.
     python train.py --config classifiers_jax/configs/mnist.py --workdir runs/cls_mnist
 Reads the idx files in ../shared/data/mnist when that folder exists, else TFDS `mnist`.
 Variants: `:basic` (the seeds' BasicCNN), `:smoke` (seconds), `:basic+smoke`.
-Model: 2 stages of [conv3x3-BN-ReLU] x 2 + max pool (32, 64 filters), global average pool,
-dense, dropout 0.1; random crops of the image padded by 4 pixels (small shifts: without them
-this network overfits and stops at 99.2%); SGD-Nesterov 0.05 with cosine decay, weight decay
-5e-4, batch 128, 8 epochs.
-Test accuracy: not yet measured.
+Model: 3 stages of [conv3x3-BN-ReLU] x 2 + max pool (32, 64, 128 filters), flatten (where a
+stroke is matters), dense; no augmentation; SGD-Nesterov 0.05 with cosine decay, weight decay
+5e-4, batch 128, 4 epochs.
+Test accuracy: 99.33% (README); two stages with global average pooling reached 99.22% (6 epochs)
+and 99.13% with random shifts and dropout (8 epochs).
 """
 
 from classifiers_jax.configs import base
 from classifiers_jax.configs.base import SHARED_DATA
 
 LOCAL_MNIST = SHARED_DATA / "mnist"
-EPOCHS = 8
+EPOCHS = 4
 TRAIN_EXAMPLES = 60_000
 
 
@@ -26,9 +26,8 @@ def get_config(variant: str | None = None):
     c.model.image_size = 28
     c.model.channels = 1
     c.model.width = 32
-    c.model.depth = 2
-    c.model.dropout = 0.1
-    c.data.augment = "crop"
+    c.model.depth = 3
+    c.model.head = "flatten"
     c.batch_size = 128
     c.num_steps = base.steps_for(EPOCHS, TRAIN_EXAMPLES, c.batch_size)
     c.eval_every = 1000
