@@ -293,6 +293,36 @@ def write_record(record: dict[str, Any], args: Any) -> Path:
     return path
 
 
+def add_model_args(parser, *, default: str = "all", round_seconds: float = 1.0) -> None:
+    """The options every per-model script shares: which models, batch and timing rounds."""
+    parser.add_argument("--only", action="append", choices=list(REGISTRY),
+                        help=f"model to measure (repeatable; default: {default})")
+    parser.add_argument("--batch", type=int, default=0, help="global batch (default: config's)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps per round (default: enough for --round-seconds)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per contestant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--round-seconds", type=float, default=round_seconds)
+
+
+def shrink_if_tiny(args: Any) -> Any:
+    """--tiny: two steps per round, at most two rounds, one warm-up step."""
+    if args.tiny:
+        args.steps, args.repeats, args.warmup = args.steps or 2, min(args.repeats, 2), 1
+    return args
+
+
+def model_configs(args: Any, default: list[str] | None = None):
+    """(name, config spec, config) for each selected model: smoke-size under --tiny, with the
+    --batch override applied."""
+    for name, spec in select(args.only, default).items():
+        spec = smoke_spec(spec) if args.tiny else spec
+        config = load_config(spec)
+        if args.batch:
+            config.batch_size = args.batch
+        yield name, spec, config
+
+
 def add_common_args(parser) -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON record")
     parser.add_argument("--tag", default="",

@@ -127,29 +127,17 @@ def measure(config, *, step=None, batch_size: int = 0, warmup: int = 2, steps: i
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=list(common.REGISTRY),
-                        help="model whose data to read (repeatable; default: all)")
-    parser.add_argument("--batch", type=int, default=0, help="batch (default: config's)")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="batches per round (default: enough for --round-seconds)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--round-seconds", type=float, default=1.0)
+    common.add_model_args(parser)
     common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    if args.tiny:
-        args.steps, args.repeats, args.warmup = args.steps or 2, min(args.repeats, 2), 1
-    return args
+    return common.shrink_if_tiny(parser.parse_args(argv))
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     record = common.header("input_pipeline", args)
     record["results"] = {}
-    for name, spec in common.select(args.only).items():
-        spec = common.smoke_spec(spec) if args.tiny else spec
-        config = common.load_config(spec)
-        batch = args.batch or config.batch_size
+    for name, spec, config in common.model_configs(args):
+        batch = config.batch_size
         print(f"{name} ({spec}, batch {batch})")
         record["results"][name] = {
             "config": spec, "batch": batch, "config_values": common.config_values(config),

@@ -80,23 +80,14 @@ def measure_model(config, args, log=print) -> dict[str, Any]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=list(common.REGISTRY),
-                        help=f"model to measure (repeatable; default: {', '.join(MODELS)})")
+    common.add_model_args(parser, default=", ".join(MODELS), round_seconds=0.75)
     parser.add_argument("--devices", default=",".join(map(str, DEVICE_COUNTS)),
                         help="comma-separated device counts")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--batch", type=int, default=0, help="global batch (default: config's)")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="timed steps per round (default: enough for --round-seconds)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--round-seconds", type=float, default=0.75)
     common.add_common_args(parser)
     args = parser.parse_args(argv)
     args.devices = sorted({int(n) for n in str(args.devices).split(",") if n.strip()})
-    if args.tiny:
-        args.steps, args.repeats, args.warmup = args.steps or 2, min(args.repeats, 2), 1
-    return args
+    return common.shrink_if_tiny(args)
 
 
 def main(argv=None) -> dict:
@@ -104,11 +95,7 @@ def main(argv=None) -> dict:
     record = common.header("scaling", args)
     record["forced_host_devices"] = forced_host_devices()
     record["results"] = {}
-    for name, spec in common.select(args.only, MODELS).items():
-        spec = common.smoke_spec(spec) if args.tiny else spec
-        config = common.load_config(spec)
-        if args.batch:
-            config.batch_size = args.batch
+    for name, spec, config in common.model_configs(args, MODELS):
         print(f"{name} ({spec}, global batch {config.batch_size})")
         record["results"][name] = {"config": spec, **measure_model(config, args),
                                    "config_values": common.config_values(config)}

@@ -202,32 +202,18 @@ def contestants(config, *, compile: bool = True, channels_last: str = "auto",
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=list(common.REGISTRY),
-                        help="model to measure (repeatable; default: all)")
-    parser.add_argument("--batch", type=int, default=0, help="global batch (default: config's)")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="timed steps per round (default: enough for --round-seconds)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--round-seconds", type=float, default=1.0)
+    common.add_model_args(parser)
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
     common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    if args.tiny:
-        args.steps, args.repeats, args.warmup = args.steps or 2, min(args.repeats, 2), 1
-    return args
+    return common.shrink_if_tiny(parser.parse_args(argv))
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     record = common.header("torch_baselines", args)
     record["results"] = {}
-    for name, spec in common.select(args.only).items():
-        spec = common.smoke_spec(spec) if args.tiny else spec
-        config = common.load_config(spec)
-        if args.batch:
-            config.batch_size = args.batch
+    for name, spec, config in common.model_configs(args):
         print(f"{name} ({spec}, batch {config.batch_size})")
         entry = {"config": spec, "batch": config.batch_size,
                  "config_values": common.config_values(config)}

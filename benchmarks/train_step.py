@@ -203,14 +203,7 @@ def input_bound(entry: dict[str, Any]) -> dict[str, Any]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=list(common.REGISTRY),
-                        help="model to measure (repeatable; default: all)")
-    parser.add_argument("--batch", type=int, default=0, help="global batch (default: config's)")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="timed steps per round (default: enough for --round-seconds)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per contestant")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-    parser.add_argument("--round-seconds", type=float, default=1.0)
+    common.add_model_args(parser)
     parser.add_argument("--devices", type=int, default=0,
                         help="JAX devices for the step (0: as train.py, one per CPU core on a "
                              "CPU, else 1)")
@@ -224,9 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-input", action="store_true",
                         help="skip the input pipeline and end-to-end measurements")
     common.add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = common.shrink_if_tiny(parser.parse_args(argv))
     if args.tiny:
-        args.steps, args.repeats, args.warmup = args.steps or 2, min(args.repeats, 2), 1
         args.peak_size = min(args.peak_size, 256)
     return args
 
@@ -246,11 +238,7 @@ def main(argv=None, *, reexec: bool = False) -> dict:
     record["xla_float32_peak"] = xla_peak
     print(f"float32 XLA matmul peak ({args.peak_size}²): {xla_peak.get('gflops_best')} GFLOP/s")
     record["results"] = {}
-    for name, spec in common.select(args.only).items():
-        spec = common.smoke_spec(spec) if args.tiny else spec
-        config = common.load_config(spec)
-        if args.batch:
-            config.batch_size = args.batch
+    for name, spec, config in common.model_configs(args):
         print(f"{name} ({spec}, batch {config.batch_size})")
         record["results"][name] = {
             "config": spec, **measure_model(config, args, xla_peak.get("gflops_best")),
