@@ -50,6 +50,7 @@ bench: venv
 	$(PY) -m benchmarks.peak $(BENCH_ARGS)
 	$(PY) -m benchmarks.train_step $(BENCH_ARGS)
 	$(PY) -m benchmarks.scaling $(BENCH_ARGS)
+	$(PY) -m benchmarks.profile_step $(BENCH_ARGS)
 	$(PY) -m benchmarks.conv_layers $(BENCH_ARGS)
 	$(PY) -m benchmarks.report
 	@echo "records: benchmarks/results/*.json  table: benchmarks/results/README_table.md"

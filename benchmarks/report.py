@@ -18,7 +18,8 @@ from typing import Any
 
 from benchmarks import common
 
-SCRIPTS = ("peak", "train_step", "scaling", "conv_layers", "torch_baselines", "input_pipeline")
+SCRIPTS = ("peak", "train_step", "scaling", "profile_step", "conv_layers", "torch_baselines",
+           "input_pipeline")
 
 
 def latest(results: Path, script: str) -> tuple[Path, dict] | None:
@@ -105,6 +106,13 @@ def train_step_section(record: dict) -> list[str]:
            f"({peak.get('size')}², best round).", ""] + _table(head, rows)
     if any("input" in e for e in record.get("results", {}).values()):
         out += [""] + input_section(record)
+    bf16 = [[f"`{n}`", _rate(e["jax_bfloat16"]), _num(e.get("ratios", {}).get(
+        "jax_bfloat16_over_jax"), 2)] for n, e in record.get("results", {}).items()
+        if isinstance(e.get("jax_bfloat16"), dict)]
+    if bf16:
+        out += ["", "The same JAX steps computing in bfloat16 (parameters float32), alternating "
+                "with the rounds above:", ""]
+        out += _table(["model", "JAX bfloat16 images/s", "bfloat16 / float32"], bf16)
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     return out
@@ -174,10 +182,29 @@ def conv_layers_section(record: dict) -> list[str]:
         _table(head, rows)
 
 
+def profile_section(record: dict) -> list[str]:
+    out = ["CPU time of the traced steps' XLA operations, by kind and the largest operations "
+           "(`python -m benchmarks.profile_step`).", ""]
+    for name, e in record.get("results", {}).items():
+        if "by_kind" not in e:
+            out += [f"- `{name}`: {e.get('skipped', 'no trace')}", ""]
+            continue
+        kinds = ", ".join(f"{k} {100 * v['share']:.0f}%" for k, v in e["by_kind"].items()
+                          if v["share"] >= 0.005)
+        out += [f"`{name}` (batch {e['batch']}, {e['devices']} device(s)): "
+                f"{_num(e['wall_ms_per_step_traced'])} ms/step wall, "
+                f"{_num(e['op_ms_per_step'])} ms/step of operations: {kinds}.", ""]
+        rows = [[f"`{r['op']}`", r.get("shape", ""), "/".join(r.get("op_name", "").split("/")[-3:]),
+                 _num(r["ms_per_step"]), f"{100 * r['share']:.1f}%"] for r in e["top_ops"]]
+        out += _table(["operation", "output", "from", "ms/step", "share"], rows) + [""]
+    return out[:-1]
+
+
 SECTIONS = {
     "peak": ("Matmul peak", peak_section),
     "train_step": ("Train step: JAX and PyTorch side by side", train_step_section),
     "scaling": ("Data-parallel scaling", scaling_section),
+    "profile_step": ("Where the time goes: a profile of the step", profile_section),
     "conv_layers": ("Where the time goes: convolutions alone", conv_layers_section),
     "torch_baselines": ("PyTorch twins alone", torch_section),
     "input_pipeline": ("Input pipeline alone", pipeline_section),

@@ -5,6 +5,7 @@ side by side, in PyTorch; plus the input pipeline alone and end to end.
     python -m benchmarks.train_step --only dcgan_anime --only cls_mnist --repeats 5
     python -m benchmarks.train_step --devices 8 --parallel pmap   # forced CPU devices on a CPU
     python -m benchmarks.train_step --tiny                   # smoke-size models, seconds each
+    python -m benchmarks.train_step --bfloat16 --no-torch    # JAX float32 beside JAX bfloat16
 
 For each model the state and the compiled step are built exactly as the training loop builds
 them: the trainer's `make_task(config)` gives `create_state` and the per-device `train_step`,
@@ -137,10 +138,22 @@ def jax_figures(c: common.Contestant, peak_gflops: float | None) -> dict[str, An
     return out
 
 
+def bfloat16_step(config, args, log=print) -> JaxStep:
+    """The same step computing in bfloat16 (parameters and optimizer state stay float32)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.dtype = "bfloat16"
+    step = JaxStep(config, devices=args.devices, mode=args.parallel)
+    log(f"  jax bfloat16 compile {step.compile_s:.1f} s")
+    return step
+
+
 def ratios(entry: dict[str, Any]) -> dict[str, float]:
-    """JAX images/s over each PyTorch contestant's."""
+    """JAX images/s over each PyTorch contestant's, and bfloat16 JAX over float32 JAX."""
     jax_rate = entry.get("jax", {}).get("images_per_s")
     out = {}
+    bf16_rate = entry.get("jax_bfloat16", {}).get("images_per_s")
+    if jax_rate and bf16_rate:
+        out["jax_bfloat16_over_jax"] = round(bf16_rate / jax_rate, 3)
     for name in ("torch_eager", "torch_compile"):
         other = entry.get(name)
         if jax_rate and isinstance(other, dict) and other.get("images_per_s"):
@@ -153,6 +166,8 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
     step = JaxStep(config, devices=args.devices, mode=args.parallel)
     log(f"  jax compile {step.compile_s:.1f} s")
     contestants = [step.contestant()]
+    if args.bfloat16:
+        contestants.append(bfloat16_step(config, args, log).contestant("jax_bfloat16"))
     skipped: dict[str, str] = {}
     if args.no_torch:
         skipped["torch"] = "skipped: --no-torch"
@@ -167,7 +182,8 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
     entry: dict[str, Any] = {"batch": config.batch_size,
                              "image_shape": [config.model.image_size] * 2 + [config.model.channels]}
     for c in contestants:
-        entry[c.name] = jax_figures(c, peak_gflops) if c.name == "jax" else common.result(c)
+        is_jax = c.name.startswith("jax")
+        entry[c.name] = jax_figures(c, peak_gflops) if is_jax else common.result(c)
         r = entry[c.name]
         log(f"  {c.name:14s} {r.get('images_per_s', 0):9.1f} ± {r.get('images_per_s_std', 0):.1f}"
             f" images/s  {r.get('ms_per_step', 0):9.1f} ms/step"
@@ -214,6 +230,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PyTorch eager only (torch.compile takes tens of seconds a model)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="PyTorch memory layout (auto: the faster one per model)")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also time the JAX step computing in bfloat16 (float32 params)")
     parser.add_argument("--no-input", action="store_true",
                         help="skip the input pipeline and end-to-end measurements")
     common.add_common_args(parser)

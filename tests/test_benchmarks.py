@@ -25,7 +25,7 @@ def records(tmp_path_factory):
     peak.main(args + ["--dtypes", "float32"])
     # torch.compile takes tens of seconds even for tiny networks: eager only here.
     train_step.main(args + ["--only", "dcgan_mnist", "--only", "cls_mnist_basic",
-                            "--no-torch-compile"])
+                            "--no-torch-compile", "--bfloat16"])
     scaling.main(args + ["--only", "cls_mnist_basic", "--devices", "1,2"])
     return out
 
@@ -58,6 +58,9 @@ def test_train_step_record(records):
         assert jax_result["flops_per_step"] > 0 and jax_result["fraction_of_f32_peak"] > 0
         assert jax_result["compile_s"] > 0 and "xla_memory" in jax_result
         assert set(jax_result["params"]) == ({"g", "d"} if name.startswith("dcgan") else {"net"})
+        assert TIMED_KEYS <= set(entry["jax_bfloat16"])
+        assert entry["jax_bfloat16"]["params"] == jax_result["params"]
+        assert entry["ratios"]["jax_bfloat16_over_jax"] > 0
         if common.import_torch() is None:
             assert entry["torch"] == torch_baselines.NOT_INSTALLED
         else:
@@ -175,3 +178,32 @@ def test_conv_layers_forms_match_their_definition():
         w = jax.numpy.ones((layer.kernel, layer.kernel, layer.cin, layer.cout))
         y = conv_layers.xla_functions(layer)["forward"](x, w)
         assert y.shape == (layer.batch, layer.out_size, layer.out_size, layer.cout)
+
+
+def test_profile_step_tiny_attributes_time_to_the_models_operations(tmp_path):
+    from benchmarks import profile_step
+
+    profile_step.main(["--tiny", "--only", "cls_mnist_basic", "--out", str(tmp_path),
+                       "--tag", "test", "--trace-dir", str(tmp_path / "traces")])
+    record = json.loads((tmp_path / "profile_step_test.json").read_text())
+    assert record["benchmark"] == "profile_step" and record["tiny"] is True
+    result = record["results"]["cls_mnist_basic"]
+    assert result["ops_matched_to_hlo"] > 0 and result["op_ms_per_step"] > 0
+    assert result["by_kind"]["convolution"]["ms_per_step"] > 0
+    assert abs(sum(v["share"] for v in result["by_kind"].values()) - 1) < 0.01
+    convs = [r for r in result["top_ops"] if r["kind"] == "convolution"]
+    assert convs and all(r["shape"].startswith("f32[") for r in convs)
+
+
+def test_hlo_lines_are_read_with_opcode_shape_and_origin():
+    from benchmarks import profile_step
+
+    text = ('  %convolution.7 = f32[8,14,14,32]{3,2,1,0} convolution(f32[8,28,28,1]{3,2,1,0} %p, '
+            'f32[5,5,1,32]{3,2,1,0} %w), window={size=5x5}, metadata={op_name="jit(step)/conv0/'
+            'conv_general_dilated" source_file="/x/cnn.py" source_line=90}\n'
+            '  ROOT %fusion.2 = f32[8]{0} fusion(f32[8,10]{1,0} %a), kind=kLoop, calls=%f\n')
+    ops = profile_step.hlo_instructions(text)
+    assert ops["convolution.7"] == {"opcode": "convolution", "shape": "f32[8,14,14,32]",
+                                    "op_name": "jit(step)/conv0/conv_general_dilated",
+                                    "source": "cnn.py:90"}
+    assert ops["fusion.2"]["opcode"] == "fusion" and ops["fusion.2"]["fusion_kind"] == "kLoop"

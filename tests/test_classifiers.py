@@ -79,6 +79,26 @@ def test_model_options_and_every_activation():
             assert output_shape(model, 32, 1).shape == (2, 10), name
 
 
+@pytest.mark.parametrize("arch", ["basic", "cnn", "fast"])
+def test_bfloat16_compute_keeps_float32_params_and_close_logits(arch):
+    config = mnist.get_config("smoke")
+    config.model.arch, config.model.channels, config.model.image_size = arch, 1, 32
+    images = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 1), minval=-1, maxval=1)
+    logits = {}
+    for dtype in ("float32", "bfloat16"):
+        config.model.dtype = dtype
+        model = classifier.make_model(config)
+        variables = model.init(jax.random.PRNGKey(0), images)
+        assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+        logits[dtype] = model.apply(variables, images)
+    assert logits["bfloat16"].dtype == jnp.float32
+    scale = float(jnp.abs(logits["float32"]).max())
+    assert 0 < float(jnp.abs(logits["bfloat16"] - logits["float32"]).max()) < 0.05 * scale
+    config.model.dtype = "float16"
+    with pytest.raises(UserError, match="--config.model.dtype to one of float32, bfloat16"):
+        classifier.make_model(config)
+
+
 def test_real_sizes_of_the_configs_models():
     def count(config):
         return sum(x.size for x in jax.tree.leaves(jax.eval_shape(

@@ -36,6 +36,32 @@ def test_shapes_and_ranges(size, channels):
     assert d.apply(d_vars, images, train=False).shape == (4,)
 
 
+def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
+    from gans_jax.configs import dcgan_mnist
+    from gans_jax.trainers.dcgan import make_models
+
+    config = dcgan_mnist.get_config()
+    config.model.g_width = config.model.d_width = 8
+    z = jax.random.normal(jax.random.PRNGKey(0), (4, config.model.z_dim))
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        config.model.dtype = dtype
+        g, d = make_models(config)
+        g_vars = g.init(jax.random.PRNGKey(1), z, train=False)
+        images = g.apply(g_vars, z, train=False)
+        d_vars = d.init(jax.random.PRNGKey(2), images, train=False)
+        params = jax.tree.leaves((g_vars, d_vars))
+        assert {x.dtype for x in params} == {jnp.dtype(jnp.float32)}, dtype
+        out[dtype] = (images, d.apply(d_vars, images, train=False))
+    for f32, bf16 in zip(out["float32"], out["bfloat16"], strict=True):
+        assert bf16.dtype == jnp.float32
+        error = float(jnp.abs(bf16 - f32).max())
+        assert 0 < error < 0.05 * float(jnp.abs(f32).max())
+    config.model.dtype = "float64"
+    with pytest.raises(UserError, match="--config.model.dtype"):
+        make_models(config)
+
+
 def test_initial_weights_follow_n_0_002():
     g = Generator(64, 3, width=64)
     params = g.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)), train=False)["params"]

@@ -79,23 +79,25 @@ class BasicCNN(nn.Module):
     kernel_size: int = 5
     hidden: int = 0  # units of an optional hidden dense layer (0: none)
     activation: str = "relu"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # nothing behaves differently in training
         check_channels(x, self.channels)
         check_downsampling(x, 2, "nothing (BasicCNN pools twice)")
+        x = x.astype(self.dtype)
         k = (self.kernel_size, self.kernel_size)
         for i, features in enumerate((self.width, 2 * self.width)):
-            x = nn.Conv(features, k, padding="SAME", name=f"conv{i}")(x)
+            x = nn.Conv(features, k, padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
             x = Activation(self.activation, name=f"act{i}")(x)
         x = x.reshape((x.shape[0], -1))
         if self.hidden:
             x = Activation(self.activation, name="act_hidden")(
-                nn.Dense(self.hidden, name="hidden")(x))
+                nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x))
         self.sow("intermediates", "features", x)
-        return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
 
 
 class CNN(nn.Module):

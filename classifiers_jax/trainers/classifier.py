@@ -30,6 +30,7 @@ import optax
 from classifiers_jax.models.cnn import CNN, BasicCNN, FastCIFARNet
 from common_jax import data as data_lib
 from common_jax import loop, parallel
+from common_jax.config_utils import compute_dtype
 from common_jax.errors import UserError
 from common_jax.parallel import DataParallel
 from common_jax.state import NetState, apply_gradients, create_net_state
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 ARCHS = ("basic", "cnn", "fast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EVAL_CACHE_BYTES = 1 << 30  # keep preprocessed test batches in memory up to this size
 TOP_K = 5
 
@@ -62,14 +62,11 @@ def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
     if m.arch not in ARCHS:
         raise UserError(f"unknown model '{m.arch}'; set --config.model.arch to one of "
                         f"{', '.join(ARCHS)}")
-    if m.get("dtype", "float32") not in DTYPES:
-        raise UserError(f"unknown dtype '{m.dtype}'; set --config.model.dtype to one of "
-                        f"{', '.join(DTYPES)}")
+    dtype = compute_dtype(m)
     common = {"num_classes": m.num_classes, "channels": m.channels, "width": m.width,
               "activation": m.activation}
     if m.arch == "basic":
-        return BasicCNN(kernel_size=m.kernel_size, hidden=m.hidden, **common)
-    dtype = DTYPES[m.get("dtype", "float32")]
+        return BasicCNN(kernel_size=m.kernel_size, hidden=m.hidden, dtype=dtype, **common)
     if m.arch == "fast":
         return FastCIFARNet(axis_name=axis_name, dtype=dtype, **common)
     return CNN(depth=m.depth, convs_per_stage=m.convs_per_stage, batch_norm=m.batch_norm,

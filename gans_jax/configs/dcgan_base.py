@@ -29,6 +29,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.g_activation = "relu"  # any name in common_jax.activations.ACTIVATIONS
     c.model.d_activation = "leaky_relu"
     c.model.d_slope = 0.2  # LeakyReLU slope in D
+    c.model.dtype = "float32"  # computation dtype of G and D ("bfloat16": params stay float32)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.g_lr = 2e-4  # the paper: Adam 2e-4, beta1 0.5

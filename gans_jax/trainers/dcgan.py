@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from common_jax import data as data_lib
 from common_jax import loop, parallel
+from common_jax.config_utils import compute_dtype
 from common_jax.state import NetState, apply_gradients, create_net_state
 from gans_jax import checkerboard, evaluation, losses
 from gans_jax.models.dcgan import Discriminator, Generator
@@ -49,12 +50,13 @@ class GANState:
 def make_models(config: ml_collections.ConfigDict, axis_name: str | None = None):
     """The generator and discriminator for a config (axis_name syncs batch norm)."""
     m = config.model
+    dtype = compute_dtype(m)
     g = Generator(image_size=m.image_size, channels=m.channels, width=m.g_width,
                   axis_name=axis_name, upsample=m.upsample, upsample_impl=m.upsample_impl,
-                  norm=m.g_norm, activation=m.g_activation)
+                  norm=m.g_norm, activation=m.g_activation, dtype=dtype)
     d = Discriminator(image_size=m.image_size, width=m.d_width, axis_name=axis_name,
                       downsample=m.downsample, norm=m.d_norm, spectral_norm=m.d_spectral_norm,
-                      activation=m.d_activation, slope=m.d_slope)
+                      activation=m.d_activation, slope=m.d_slope, dtype=dtype)
     return g, d
 
 
