@@ -38,9 +38,9 @@ test-slow: venv
 clean:
 	rm -rf $(VENV) runs
 
-# The benchmark suite (~20 min on 2 CPU cores): matmul peak, train steps of every registered
-# model side by side with their PyTorch twins, data-parallel scaling, each convolution's parts
-# beside PyTorch's, then the Markdown table.
+# The benchmark suite (~25 min on 2 CPU cores): matmul peak, train steps of every registered
+# model side by side with their PyTorch twins (and computing in bfloat16), data-parallel scaling,
+# a profile of the DCGAN-64 step, each convolution's parts beside PyTorch's, then the table.
 # PyTorch comes from the `bench` extra; without it the baselines are recorded as skipped.
 # `make bench BENCH_ARGS=--tiny` checks that everything runs, in a few minutes.
 BENCH_ARGS ?=
@@ -48,7 +48,7 @@ bench: venv
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -e ".[bench]" \
 	  || echo "could not install torch: the PyTorch baselines will be skipped"
 	$(PY) -m benchmarks.peak $(BENCH_ARGS)
-	$(PY) -m benchmarks.train_step $(BENCH_ARGS)
+	$(PY) -m benchmarks.train_step --bfloat16 $(BENCH_ARGS)
 	$(PY) -m benchmarks.scaling $(BENCH_ARGS)
 	$(PY) -m benchmarks.profile_step $(BENCH_ARGS)
 	$(PY) -m benchmarks.conv_layers $(BENCH_ARGS)
