@@ -11,8 +11,9 @@ benchmarks/results/traces/<model>/, viewable in TensorBoard's profile plugin or 
 one event per executed XLA operation on the threads that run them. The summary adds the events'
 durations per operation name, looks each name up in the optimized HLO of the same executable
 (its opcode, output shape and the model code it came from, from the HLO metadata), and groups
-the time by kind: convolution, dot, fusion, copy/transpose, collective, waiting (a device's
-thread waiting for the others at a collective), other.
+the time by kind: convolution, dot, reduction (a fusion counts as the heaviest of these it
+holds, since XLA's CPU back end runs them inside fusions), elementwise fusion, copy/transpose,
+collective, waiting (a device's thread waiting for the others at a collective), other.
 
 Operations of different devices run at the same time on different threads, so the summed
 operation time is CPU time, not wall time; both are reported, per step. Writes
@@ -34,18 +35,32 @@ from benchmarks import common
 
 # An HLO instruction line: "%name = f32[64,32,32,64]{3,2,1,0} opcode(...), ..., metadata={...}"
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+?(?:\{[^}]*\})?)\s+([\w\-]+)\(")
+# A computation's first line, at the start of a line: "%fused_computation.9 (p: f32[..]) -> .. {"
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _SOURCE = re.compile(r'source_file="([^"]*)"\s+source_line=(\d+)')
 
-KINDS = {"convolution": "convolution", "dot": "dot", "fusion": "fusion", "copy": "copy/transpose",
+KINDS = {"convolution": "convolution", "dot": "dot", "copy": "copy/transpose",
          "transpose": "copy/transpose", "all-reduce": "collective", "all-gather": "collective",
-         "reduce-scatter": "collective", "collective-permute": "collective"}
+         "reduce-scatter": "collective", "collective-permute": "collective",
+         "reduce": "reduction"}
+# A fusion counts as the heaviest kind of operation it contains (XLA's CPU back end runs its
+# convolutions, matmuls and reductions inside fusions).
+FUSION_KINDS = ("convolution", "dot", "reduce")
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict[str, str]]:
-    """name -> {opcode, shape, op_name, source} for every instruction of an HLO module's text."""
-    out = {}
+    """name -> {opcode, shape, op_name, source[, fusion_kind, contains]} for every instruction of
+    an HLO module's text; a fusion says which heavy operation its computation holds."""
+    out: dict[str, dict[str, str]] = {}
+    members: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    computation = ""
     for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line) if not line[:1].isspace() else None
+        if header:
+            computation = header.group(1)
+            continue
         match = _INSTRUCTION.match(line)
         if not match:
             continue
@@ -55,9 +70,22 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict[str, str]]:
             info["op_name"] = op_name.group(1)
         if source := _SOURCE.search(line):
             info["source"] = f"{Path(source.group(1)).name}:{source.group(2)}"
-        if opcode == "fusion" and "kind=" in line:
-            info["fusion_kind"] = line.split("kind=", 1)[1].split(",", 1)[0].split(" ", 1)[0]
+        if opcode == "fusion":
+            if "kind=" in line:
+                info["fusion_kind"] = line.split("kind=", 1)[1].split(",", 1)[0].split(" ", 1)[0]
+            if calls := _CALLS.search(line):
+                info["calls"] = calls.group(1)
         out[name] = info
+        members[computation].append(info)
+    for info in out.values():
+        if "calls" not in info:
+            continue
+        inner = members.get(info.pop("calls"), [])
+        heavy = [i for kind in FUSION_KINDS for i in inner if i["opcode"] == kind]
+        if heavy:
+            info["contains"] = heavy[0]["opcode"]
+            if "op_name" not in info and "op_name" in heavy[0]:
+                info["op_name"] = heavy[0]["op_name"]
     return out
 
 
@@ -80,6 +108,8 @@ def op_events(trace: dict | list) -> dict[str, float]:
 
 def kind_of(name: str, info: dict[str, str] | None) -> str:
     if info:
+        if info["opcode"] == "fusion":
+            return KINDS[info["contains"]] if "contains" in info else "fusion (elementwise)"
         return KINDS.get(info["opcode"], "other")
     if name.startswith(("Rendezvous", "Wait")):
         return "waiting"  # a device thread waiting for the others at a collective

@@ -193,6 +193,7 @@ def test_profile_step_tiny_attributes_time_to_the_models_operations(tmp_path):
     assert abs(sum(v["share"] for v in result["by_kind"].values()) - 1) < 0.01
     convs = [r for r in result["top_ops"] if r["kind"] == "convolution"]
     assert convs and all(r["shape"].startswith("f32[") for r in convs)
+    assert any("conv" in r.get("op_name", "") for r in convs)
 
 
 def test_hlo_lines_are_read_with_opcode_shape_and_origin():
@@ -207,3 +208,26 @@ def test_hlo_lines_are_read_with_opcode_shape_and_origin():
                                     "op_name": "jit(step)/conv0/conv_general_dilated",
                                     "source": "cnn.py:90"}
     assert ops["fusion.2"]["opcode"] == "fusion" and ops["fusion.2"]["fusion_kind"] == "kLoop"
+    assert "contains" not in ops["fusion.2"]
+    assert profile_step.kind_of("fusion.2", ops["fusion.2"]) == "fusion (elementwise)"
+
+
+def test_a_fusion_is_counted_as_the_convolution_it_holds():
+    from benchmarks import profile_step
+
+    text = ('%fused_computation.9 (p0: f32[8,8,8,4], p1: f32[3,3,4,4]) -> f32[8,8,8,4] {\n'
+            '  %p0 = f32[8,8,8,4]{3,2,1,0} parameter(0)\n'
+            '  %c = f32[8,8,8,4]{3,2,1,0} convolution(%p0, %p1), metadata={op_name="jit(s)/'
+            'up0/conv_general_dilated"}\n'
+            '  ROOT %r = f32[8,8,8,4]{3,2,1,0} maximum(%c, %z)\n'
+            '}\n\n'
+            'ENTRY %main.1 (a: f32[8,8,8,4]) -> f32[8,8,8,4] {\n'
+            '  ROOT %ynn_fusion.9 = f32[8,8,8,4]{3,2,1,0} fusion(%a, %w), kind=kCustom, '
+            'calls=%fused_computation.9\n'
+            '}\n')
+    ops = profile_step.hlo_instructions(text)
+    fusion = ops["ynn_fusion.9"]
+    assert fusion["contains"] == "convolution"
+    assert fusion["op_name"] == "jit(s)/up0/conv_general_dilated"  # taken from the convolution
+    assert profile_step.kind_of("ynn_fusion.9", fusion) == "convolution"
+    assert profile_step.kind_of("Rendezvous", None) == "waiting"
