@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = frozenset({
     "num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
     "progress_bar", "allow_config_change", "parallel", "eval_every", "eval_batch_size",
+    # The computation precision: the state stays float32 either way, so a run may resume in
+    # the other one (and runs saved before the key existed computed in float32).
+    "model.dtype",
 })
 # Config sections that only say how a run is measured (all of their keys may change, and
 # checkpoints written before a section existed resume too).

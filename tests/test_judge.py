@@ -229,6 +229,15 @@ def test_metrics_settings_never_block_resuming(digits):
     assert evaluation.settings(ml_collections.ConfigDict(older)).num_samples == 10_000
 
 
+def test_runs_saved_before_the_dtype_setting_resume_in_either_precision(digits):
+    older = smoke_config(digits).to_dict()
+    del older["model"]["dtype"]
+    for dtype in ("float32", "bfloat16"):
+        current = smoke_config(digits, **{"model.dtype": dtype})
+        assert config_differences(older, current.to_dict()) == []
+    assert config_differences(older, smoke_config(digits, **{"model.g_width": 4}).to_dict())
+
+
 def test_inception_scores_through_the_scorer_with_a_stand_in_network(digits, tmp_path,
                                                                      monkeypatch):
     def tiny_inception(resize):  # the real network's forward pass is minutes on a CPU
