@@ -124,11 +124,11 @@ def summarize(op_us: dict[str, float], instructions: dict[str, dict[str, str]], 
     rows = []
     for name, us in sorted(op_us.items(), key=lambda kv: -kv[1]):
         info = instructions.get(name)
-        by_kind[kind_of(name, info)] += us
+        kind = kind_of(name, info)
+        by_kind[kind] += us
         if len(rows) < top:
             rows.append({"op": name, "ms_per_step": round(us / steps / 1e3, 3),
-                         "share": round(us / total, 4), "kind": kind_of(name, info),
-                         **(info or {})})
+                         "share": round(us / total, 4), "kind": kind, **(info or {})})
     return {"op_ms_per_step": round(total / steps / 1e3, 2),
             "by_kind": {k: {"ms_per_step": round(v / steps / 1e3, 2), "share": round(v / total, 4)}
                         for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
