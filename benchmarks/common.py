@@ -72,6 +72,19 @@ def ensure_devices(n: int, *, reexec: bool) -> None:
                      f"XLA_FLAGS={_FORCE_FLAG}={n} before starting Python")
 
 
+def choose_devices(args: Any, *, reexec: bool) -> None:
+    """Resolves `args.devices` (0: as train.py, one per CPU core on a CPU, else 1) and makes
+    sure that many devices exist (see `ensure_devices`)."""
+    if args.devices == 0:
+        import jax
+
+        from common_jax.parallel import use_cpu_cores
+
+        chosen = use_cpu_cores(())
+        args.devices = chosen if jax.default_backend() == "cpu" else 1
+    ensure_devices(args.devices, reexec=reexec)
+
+
 # ----------------------------------------------------------------------------- configs
 
 

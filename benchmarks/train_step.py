@@ -243,14 +243,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None, *, reexec: bool = False) -> dict:
     args = parse_args(argv)
-    if args.devices == 0:
-        import jax
-
-        from common_jax.parallel import use_cpu_cores
-
-        chosen = use_cpu_cores(())
-        args.devices = chosen if jax.default_backend() == "cpu" else 1
-    common.ensure_devices(args.devices, reexec=reexec)
+    common.choose_devices(args, reexec=reexec)
     record = common.header("train_step", args)
     xla_peak = peak.xla_float32_peak(args.peak_size, repeats=2 if args.tiny else 3)
     record["xla_float32_peak"] = xla_peak
