@@ -7,9 +7,14 @@
     python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
     python train.py eval --workdir runs/fashion [--num 10000] [--judge_workdir runs/cls_fm]
         [--inception]
+    python train.py floor --config classifiers_jax/configs/cifar10.py [--split train]
+        [--num 10000] [--judge_workdir DIR] [--workdir DIR]
 
 `eval` scores a GAN run's latest checkpoint as its config's `metrics` section says (the flags
 override it): judge and/or Inception FID and KID, mode coverage, each with its protocol.
+`floor` scores real images of --split against the config's reference split (metrics section;
+test by default) the same way: the FID a perfect generator would reach; with --workdir it
+also goes into <workdir>/summary.json "floor".
 Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
 printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
 """
@@ -27,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-COMMANDS = ("train", "sample", "classify", "eval")
+COMMANDS = ("train", "sample", "classify", "eval", "floor")
 log = std_logging.getLogger("__main__")
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
@@ -43,6 +48,7 @@ flags.DEFINE_string("judge_workdir", None, "eval: a classifier run to judge the 
                     "(default: the run's metrics.judge_workdir; \"\" for none).")
 flags.DEFINE_bool("inception", None, "eval: also score with the FID Inception network "
                   "(default: the run's metrics.inception).")
+flags.DEFINE_string("split", "train", "floor: the real split scored against the reference one.")
 FLAGS = flags.FLAGS
 
 
@@ -133,6 +139,33 @@ def run_eval() -> None:
           f"{FLAGS.workdir}")
 
 
+def run_floor() -> None:
+    """Scores real images as if generated and prints the scores, their protocol and timing."""
+    if FLAGS.config is None:
+        raise_usage("floor needs --config path.py[:variant] (its data and metrics sections)")
+    from common_jax.parallel import use_cpu_cores
+    from gans_jax import evaluation
+
+    use_cpu_cores(())
+    num = FLAGS.num if FLAGS["num"].present else None
+    if num is not None and num < 2:
+        raise_usage(f"--num must be at least 2 (a covariance needs 2 samples), got {num}")
+    result = evaluation.score_real_split(FLAGS.config, FLAGS.split, num=num,
+                                         judge_workdir=FLAGS.judge_workdir)
+    print(f"real '{FLAGS.split}' images scored as samples:")
+    for line in evaluation.describe(result):
+        print(line)
+    i = result["inception"]
+    reference = "cached" if i["reference_cached"] else f"{i['reference_seconds']:.0f} s"
+    print(f"features: reference {reference}, scored split {i['scored_seconds']:.0f} s")
+    if FLAGS.workdir:
+        from pathlib import Path
+
+        Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
+        evaluation.merge_summary(Path(FLAGS.workdir) / "summary.json", "floor", result)
+        print(f"wrote summary.json \"floor\" in {FLAGS.workdir}")
+
+
 def raise_usage(message: str) -> None:
     from common_jax.errors import UserError
 
@@ -158,13 +191,14 @@ def main(argv) -> None:
         if command not in COMMANDS or (arguments and command != "classify"):
             raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
                         f"{', '.join(COMMANDS)}")
-        if not FLAGS.workdir:
+        if not FLAGS.workdir and command != "floor":
             raise_usage("--workdir is required (where checkpoints and outputs go)")
         parallel.maybe_initialize_distributed()
         if command == "classify":
             run_classify(arguments)
         else:
-            {"train": run_train, "sample": run_sample, "eval": run_eval}[command]()
+            {"train": run_train, "sample": run_sample, "eval": run_eval,
+             "floor": run_floor}[command]()
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)

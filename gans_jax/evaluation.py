@@ -10,13 +10,16 @@ images of ``metrics.reference_split``, at the GAN's image size; their features a
 once, on first use, and kept (Inception's are also cached on disk). Every score comes with its
 protocol. `ScoreAction` is a trainer's periodic action (scalars every ``metrics.every`` steps on
 ``metrics.periodic_num_samples`` samples; at the end on ``metrics.num_samples``, also into
-summary.json "gan_metrics"); `evaluate_checkpoint` is `train.py eval` (summary.json "eval").
+summary.json "gan_metrics"); `evaluate_checkpoint` is `train.py eval` (summary.json "eval");
+`score_real_split` is `train.py floor`: real images of one split scored as if generated, the
+floor a perfect generator would reach.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -261,6 +264,48 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: s
         writer.close()
     if primary:
         merge_summary(Path(workdir) / "summary.json", "eval", result)
+    return result
+
+
+def score_real_split(config: ml_collections.ConfigDict, split: str, *, num: int | None = None,
+                     judge_workdir: str | None = None) -> dict[str, Any]:
+    """`train.py floor`: Inception (and judge, if named) scores of `num` random real images of
+    `split` against the reference split, as `evaluate_checkpoint` scores samples.
+
+    Also returns how long each network's features took, in seconds: "reference_seconds" for
+    the reference images (0 when read from the cache; "reference_cached" says so) and
+    "scored_seconds" for the images of `split`.
+    """
+    metrics = settings(config)
+    metrics.inception = True
+    if num is not None:
+        metrics.num_samples = num
+    if judge_workdir is not None:
+        metrics.judge_workdir = judge_workdir
+    scorer = SampleScorer(config, metrics)
+    scorer.load_reference_source()
+    if split == scorer.split:
+        raise UserError(f"--split {split} is the reference split itself; compare another split "
+                        "(e.g. --split train against the test split)")
+    source = data_lib.load_source(config.data, split=split)
+    num = min(metrics.num_samples, source.num_examples)
+    m = config.model
+
+    def real_images(n: int) -> Iterable[np.ndarray]:
+        batches = data_lib.make_train_iterator(
+            source, batch_size=min(metrics.batch_size, n), image_size=m.image_size,
+            channels=m.channels, seed=SAMPLE_SEED)
+        return (batch["image"] for batch in batches)
+
+    start = time.perf_counter()
+    reference = scorer.inception_reference()
+    reference_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = scorer.score(real_images, num)
+    result["inception"].update(reference_cached=reference.from_cache,
+                               reference_seconds=0.0 if reference.from_cache else reference_seconds,
+                               scored_seconds=time.perf_counter() - start)
+    result["scored_split"] = split
     return result
 
 

@@ -95,6 +95,13 @@ class PooledConv(nn.Module):
         return {"pool3": x.mean(axis=(1, 2))}
 
 
+def tiny_inception(resize):
+    """Stands in for `gm.load_feature_network`: the real network is minutes per batch here."""
+    module = PooledConv()
+    variables = module.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+    return gm.FeatureNetwork(module, variables, "tiny", "hash0", resize, image_size=8)
+
+
 def brightness_judge():
     return judge_lib.classifier_judge(BrightnessJudge(), {}, name="judge:brightness",
                                       image_size=28, channels=1, num_classes=10)
@@ -240,11 +247,6 @@ def test_runs_saved_before_the_dtype_setting_resume_in_either_precision(digits):
 
 def test_inception_scores_through_the_scorer_with_a_stand_in_network(digits, tmp_path,
                                                                      monkeypatch):
-    def tiny_inception(resize):  # the real network's forward pass is minutes on a CPU
-        module = PooledConv()
-        variables = module.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
-        return gm.FeatureNetwork(module, variables, "tiny", "hash0", resize, image_size=8)
-
     monkeypatch.setattr(gm, "load_feature_network", tiny_inception)
     monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))  # the reference statistics cache
     scorer = evaluation.SampleScorer(smoke_config(digits, **SCORES, **{"metrics.inception": True}))
@@ -256,6 +258,24 @@ def test_inception_scores_through_the_scorer_with_a_stand_in_network(digits, tmp
         "resize": "tf1_bilinear", "network": "tiny", "weights_hash": "hash0"}
     assert set(evaluation.scalars(result)) == {"inception_fid", "inception_kid"}
     assert list((tmp_path / "fid_stats").iterdir())  # cached for the next run
+
+
+def test_floor_scores_real_images_of_another_split_with_timing(digits, tmp_path, monkeypatch):
+    monkeypatch.setattr(gm, "load_feature_network", tiny_inception)
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    config = smoke_config(digits, **SCORES)
+    result = evaluation.score_real_split(config, "train", num=32)
+    scores = result["inception"]
+    assert result["scored_split"] == "train" and scores["fid"] > 0
+    assert scores["protocol"]["n_fake"] == 32 and scores["protocol"]["n_real"] == 32
+    assert scores["protocol"]["reference_split"] == "test"
+    assert not scores["reference_cached"] and scores["reference_seconds"] > 0
+    assert scores["scored_seconds"] > 0
+    again = evaluation.score_real_split(config, "train", num=32)["inception"]
+    assert again["reference_cached"] and again["reference_seconds"] == 0.0
+    assert again["fid"] == pytest.approx(scores["fid"], rel=1e-6)  # same images, same seed
+    with pytest.raises(UserError, match="is the reference split itself"):
+        evaluation.score_real_split(config, "test")
 
 
 # ---------------------------------------------------------------------- scores in a GAN run
@@ -314,6 +334,14 @@ def test_eval_without_a_checkpoint_is_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no checkpoint") and "train first" in last, last
     assert "Traceback" not in result.stderr and not (tmp_path / "checkpoints").exists()
+
+
+def test_floor_without_a_config_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "floor"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: floor needs --config path.py[:variant] (its data and metrics sections)")
 
 
 def test_bad_judges_and_missing_inception_weights_name_the_fix(digits, judge_dir, gan_dir,
