@@ -4,8 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION := /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= runs/dcgan_fashion_mnist
+# Python with tcmalloc when the library is installed: XLA's CPU runtime allocates and frees
+# buffers of tens to hundreds of MB every step, which glibc's malloc maps and unmaps each time
+# (page faults took ~40% of the CPU time of Inception features here; README, Performance).
+RUN = LD_PRELOAD="$$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)" $(PY)
 
-.PHONY: venv demo test test-slow lint fashion-mnist clean bench
+.PHONY: venv demo test test-slow lint fashion-mnist tcmalloc clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,34 +28,45 @@ fashion-mnist:
 	  else echo "$(FASHION) missing (apt-get install dataset-fashion-mnist); the demo will try TFDS"; fi; \
 	fi
 
-demo: venv fashion-mnist
-	$(PY) train.py --config gans_jax/configs/dcgan_fashion_mnist.py --workdir $(DEMO_WORKDIR)
+# tcmalloc from the Debian package when it can be installed (else glibc's malloc, slower).
+tcmalloc:
+	@if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null \
+	      || echo "could not install libtcmalloc-minimal4; using glibc's malloc"; \
+	  else echo "libtcmalloc-minimal4 missing (apt-get install it for faster CPU runs)"; fi; \
+	fi
+
+demo: venv fashion-mnist tcmalloc
+	$(RUN) train.py --config gans_jax/configs/dcgan_fashion_mnist.py --workdir $(DEMO_WORKDIR)
 	@echo "samples: $(DEMO_WORKDIR)/samples_final.png  summary: $(DEMO_WORKDIR)/summary.json"
 
-test: venv
+test: venv tcmalloc
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(RUN) -m pytest -q
 
-test-slow: venv
-	$(PY) -m pytest -q -m slow
+test-slow: venv tcmalloc
+	$(RUN) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs
 
 # The benchmark suite (~25 min on 2 CPU cores): matmul peak, train steps of every registered
 # model side by side with their PyTorch twins (and computing in bfloat16), data-parallel scaling,
-# a profile of the DCGAN-64 step, each convolution's parts beside PyTorch's, then the table.
+# a profile of the DCGAN-64 step, each convolution's parts beside PyTorch's, glibc malloc beside
+# tcmalloc (the script picks each run's allocator itself), then the table.
 # PyTorch comes from the `bench` extra; without it the baselines are recorded as skipped.
 # `make bench BENCH_ARGS=--tiny` checks that everything runs, in a few minutes.
 BENCH_ARGS ?=
-bench: venv
+bench: venv tcmalloc
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -e ".[bench]" \
 	  || echo "could not install torch: the PyTorch baselines will be skipped"
-	$(PY) -m benchmarks.peak $(BENCH_ARGS)
-	$(PY) -m benchmarks.train_step --bfloat16 $(BENCH_ARGS)
-	$(PY) -m benchmarks.scaling $(BENCH_ARGS)
-	$(PY) -m benchmarks.profile_step $(BENCH_ARGS)
-	$(PY) -m benchmarks.conv_layers $(BENCH_ARGS)
+	$(RUN) -m benchmarks.peak $(BENCH_ARGS)
+	$(RUN) -m benchmarks.train_step --bfloat16 $(BENCH_ARGS)
+	$(RUN) -m benchmarks.scaling $(BENCH_ARGS)
+	$(RUN) -m benchmarks.profile_step $(BENCH_ARGS)
+	$(RUN) -m benchmarks.conv_layers $(BENCH_ARGS)
+	$(PY) -m benchmarks.allocator $(BENCH_ARGS)
 	$(PY) -m benchmarks.report
 	@echo "records: benchmarks/results/*.json  table: benchmarks/results/README_table.md"
 

@@ -282,8 +282,9 @@ def header(script: str, args: Any) -> dict[str, Any]:
         "host": platform.node(),
         # Other jobs on the machine change every figure: the 1-minute load average says so.
         "load_average_start": round(os.getloadavg()[0], 2),
+        # LD_PRELOAD names the allocator (tcmalloc under `make bench`; none: glibc's malloc).
         "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS",
-                                               "OMP_WAIT_POLICY", "JAX_PLATFORMS")},
+                                               "OMP_WAIT_POLICY", "JAX_PLATFORMS", "LD_PRELOAD")},
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "tag")},
         "tiny": bool(getattr(args, "tiny", False)),
     }

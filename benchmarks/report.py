@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import common
 
 SCRIPTS = ("peak", "train_step", "scaling", "profile_step", "conv_layers", "torch_baselines",
-           "input_pipeline")
+           "input_pipeline", "allocator")
 
 
 def latest(results: Path, script: str) -> tuple[Path, dict] | None:
@@ -200,6 +200,22 @@ def profile_section(record: dict) -> list[str]:
     return out[:-1]
 
 
+def allocator_section(record: dict) -> list[str]:
+    rows = []
+    for work, e in record.get("results", {}).items():
+        for name in ("glibc", "tcmalloc"):
+            r = e.get(name)
+            if not r:
+                continue
+            rate = (r.get("error") or f"{_num(r['images_per_s'])} ± {_num(r['images_per_s_std'])}")
+            rows.append([f"`{work}`", name, rate, _num(r.get("sys_share", 0) * 100, 0) + "%",
+                         _num(r.get("minor_faults"))])
+        if "tcmalloc_speedup" in e:
+            rows[-1][0] += f" (tcmalloc {e['tcmalloc_speedup']:.2f}×)"
+    note = [f"- {record['skipped']}", ""] if record.get("skipped") else []
+    return note + _table(["work", "allocator", "images/s", "system CPU", "page faults"], rows)
+
+
 SECTIONS = {
     "peak": ("Matmul peak", peak_section),
     "train_step": ("Train step: JAX and PyTorch side by side", train_step_section),
@@ -208,6 +224,7 @@ SECTIONS = {
     "conv_layers": ("Where the time goes: convolutions alone", conv_layers_section),
     "torch_baselines": ("PyTorch twins alone", torch_section),
     "input_pipeline": ("Input pipeline alone", pipeline_section),
+    "allocator": ("The memory allocator: glibc malloc and tcmalloc", allocator_section),
 }
 
 

@@ -231,3 +231,28 @@ def test_a_fusion_is_counted_as_the_convolution_it_holds():
     assert fusion["op_name"] == "jit(s)/up0/conv_general_dilated"  # taken from the convolution
     assert profile_step.kind_of("ynn_fusion.9", fusion) == "convolution"
     assert profile_step.kind_of("Rendezvous", None) == "waiting"
+
+
+def test_allocator_tiny_runs_each_allocator_in_its_own_process(tmp_path):
+    from benchmarks import allocator
+
+    record = allocator.main(["--tiny", "--out", str(tmp_path), "--tag", "test"])
+    saved = json.loads((tmp_path / "allocator_test.json").read_text())
+    assert saved["benchmark"] == "allocator" and saved["tiny"] is True
+    entry = saved["results"]["train:cls_mnist_basic"]
+    expected = {"glibc", "tcmalloc"} if record["tcmalloc"] else {"glibc"}
+    assert expected <= set(entry)
+    for name in expected:
+        assert entry[name]["images_per_s"] > 0 and entry[name]["minor_faults"] >= 0, entry[name]
+        assert 0 <= entry[name]["sys_share"] <= 1
+    if record["tcmalloc"]:
+        assert entry["tcmalloc_speedup"] > 0
+    else:
+        assert "libtcmalloc-minimal4" in saved["skipped"]
+
+
+def test_allocator_refuses_unknown_work():
+    from benchmarks import allocator
+
+    with pytest.raises(SystemExit):
+        allocator.parse_args(["--work", "train:no_such_model"])
