@@ -14,7 +14,8 @@ faults its pages in again; tcmalloc keeps them. Works:
 - "train:<model>": the train step of a registered model on a synthetic batch, on --devices.
 An allocator is chosen when a process starts, so each round is a new process (a "worker"); it
 warms up (compiling), then reports images/s of its timed part with the minor page faults and
-system CPU seconds spent in it. Writes benchmarks/results/allocator_<tag>.json.
+system CPU seconds spent in it, and the process's peak resident memory (tcmalloc keeps what
+it frees, so it holds more). Writes benchmarks/results/allocator_<tag>.json.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _measure(run, images: int) -> dict:
     user1, sys1, faults1 = _usage()
     return {"seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2),
             "user_s": round(user1 - user0, 2), "sys_s": round(sys1 - sys0, 2),
-            "minor_faults": faults1 - faults0}
+            "minor_faults": faults1 - faults0, "peak_rss_mb": common.peak_rss_mb()}
 
 
 def inception_work(images: int, batch: int) -> dict:
@@ -131,7 +132,7 @@ def summarize(rounds: list[dict]) -> dict:
     if not good:
         out["error"] = rounds[-1]["error"] if rounds else "no rounds"
         return out
-    for key in ("images_per_s", "sys_s", "user_s", "minor_faults"):
+    for key in ("images_per_s", "sys_s", "user_s", "minor_faults", "peak_rss_mb"):
         out[key], out[f"{key}_std"] = mean_std([r[key] for r in good])
     cpu = [r["sys_s"] / max(r["sys_s"] + r["user_s"], 1e-9) for r in good]
     out["sys_share"] = round(statistics.mean(cpu), 3)

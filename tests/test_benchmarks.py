@@ -244,7 +244,7 @@ def test_allocator_tiny_runs_each_allocator_in_its_own_process(tmp_path):
     assert expected <= set(entry)
     for name in expected:
         assert entry[name]["images_per_s"] > 0 and entry[name]["minor_faults"] >= 0, entry[name]
-        assert 0 <= entry[name]["sys_share"] <= 1
+        assert 0 <= entry[name]["sys_share"] <= 1 and entry[name]["peak_rss_mb"] > 0
     if record["tcmalloc"]:
         assert entry["tcmalloc_speedup"] > 0
     else:
