@@ -209,7 +209,8 @@ def allocator_section(record: dict) -> list[str]:
                 continue
             rate = (r.get("error") or f"{_num(r['images_per_s'])} ± {_num(r['images_per_s_std'])}")
             rows.append([f"`{work}`", name, rate, _num(r.get("sys_share", 0) * 100, 0) + "%",
-                         _num(r.get("minor_faults")), _num(r.get("peak_rss_mb"), 0)])
+                         _num(round(r.get("minor_faults", 0))),
+                         _num(r.get("peak_rss_mb"), 0)])
         if "tcmalloc_speedup" in e:
             rows[-1][0] += f" (tcmalloc {e['tcmalloc_speedup']:.2f}×)"
     note = [f"- {record['skipped']}", ""] if record.get("skipped") else []
