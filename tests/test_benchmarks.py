@@ -249,6 +249,8 @@ def test_allocator_tiny_runs_each_allocator_in_its_own_process(tmp_path):
         assert entry["tcmalloc_speedup"] > 0
     else:
         assert "libtcmalloc-minimal4" in saved["skipped"]
+    table = report.render(tmp_path)
+    assert "### The memory allocator" in table and "| `train:cls_mnist_basic` |" in table
 
 
 def test_allocator_refuses_unknown_work():
