@@ -274,7 +274,8 @@ def score_real_split(config: ml_collections.ConfigDict, split: str, *, num: int 
 
     Also returns how long each network's features took, in seconds: "reference_seconds" for
     the reference images (0 when read from the cache; "reference_cached" says so) and
-    "scored_seconds" for the images of `split`.
+    "scored_seconds" for the images of `split` through every network scored (the judge's pass,
+    when one is named, is seconds beside Inception's).
     """
     metrics = settings(config)
     metrics.inception = True
