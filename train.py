@@ -120,9 +120,7 @@ def run_eval() -> None:
     from common_jax.parallel import use_cpu_cores
 
     use_cpu_cores(())  # sampling and features pad their batches to the device count
-    num = FLAGS.num if FLAGS["num"].present else None
-    if num is not None and num < 2:
-        raise_usage(f"--num must be at least 2 for eval (a covariance needs 2 samples), got {num}")
+    num = scored_num("eval")
     config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
     if not hasattr(trainer, "evaluate_checkpoint"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not generate "
@@ -147,9 +145,7 @@ def run_floor() -> None:
     from gans_jax import evaluation
 
     use_cpu_cores(())
-    num = FLAGS.num if FLAGS["num"].present else None
-    if num is not None and num < 2:
-        raise_usage(f"--num must be at least 2 (a covariance needs 2 samples), got {num}")
+    num = scored_num("floor")
     result = evaluation.score_real_split(FLAGS.config, FLAGS.split, num=num,
                                          judge_workdir=FLAGS.judge_workdir)
     print(f"real '{FLAGS.split}' images scored as samples:")
@@ -164,6 +160,15 @@ def run_floor() -> None:
         Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
         evaluation.merge_summary(Path(FLAGS.workdir) / "summary.json", "floor", result)
         print(f"wrote summary.json \"floor\" in {FLAGS.workdir}")
+
+
+def scored_num(command: str) -> int | None:
+    """--num when given (at least 2: a covariance needs 2 samples), else None: the config's."""
+    num = FLAGS.num if FLAGS["num"].present else None
+    if num is not None and num < 2:
+        raise_usage(f"--num must be at least 2 for {command} (a covariance needs 2 samples), "
+                    f"got {num}")
+    return num
 
 
 def raise_usage(message: str) -> None:
