@@ -31,6 +31,8 @@ RESUMABLE_CHANGES = frozenset({
     # The computation precision: the state stays float32 either way, so a run may resume in
     # the other one (and runs saved before the key existed computed in float32).
     "model.dtype",
+    # Test-time augmentation changes how a trained network is evaluated, not the training.
+    "tta_flip", "tta_translate",
 })
 # Config sections that only say how a run is measured (all of their keys may change, and
 # checkpoints written before a section existed resume too).

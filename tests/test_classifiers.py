@@ -17,7 +17,7 @@ from classifiers_jax.models.cnn import CNN, BasicCNN, FastCIFARNet
 from classifiers_jax.trainers import classifier
 from common_jax import data as data_lib
 from common_jax.activations import ACTIVATIONS
-from common_jax.checkpoint import Checkpointer
+from common_jax.checkpoint import Checkpointer, config_differences
 from common_jax.config_utils import apply_overrides
 from common_jax.errors import UserError
 from common_jax.parallel import DataParallel
@@ -246,6 +246,42 @@ def test_evaluation_counts_every_example_once_and_masks_the_padding(digits, mode
     np.testing.assert_array_equal(result["confusion_matrix"], expected["confusion"])
     for key in ("loss", "top1", "top5"):
         np.testing.assert_allclose(result[key], expected[key], rtol=1e-5)
+
+
+def test_test_time_augmentation_weights_the_named_views(digits):
+    config = classifier_config(digits)
+    state = classifier.create_state(config)
+    images = np.random.RandomState(1).uniform(-1, 1, (4, 28, 28, 1)).astype(np.float32)
+
+    def plain(x):
+        return np.asarray(classifier.make_model(config).apply(
+            state.net.variables(), x, train=False))
+
+    def flipped(x):
+        return (plain(x) + plain(x[:, :, ::-1])) / 2
+
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, 2:, 2:], padded[:, :-2, :-2]
+    assert up_left[0, 0, 0, 0] == images[0, 1, 1, 0]  # content moved up and left by one
+    expected = {
+        (False, False): plain(images),
+        (True, False): flipped(images),
+        (False, True): plain(images) / 2 + (plain(up_left) + plain(down_right)) / 4,
+        (True, True): flipped(images) / 2 + (flipped(up_left) + flipped(down_right)) / 4,
+    }
+    for (flip, translate), logits in expected.items():
+        tta = apply_overrides(config.copy_and_resolve_references(),
+                              {"tta_flip": flip, "tta_translate": translate})
+        np.testing.assert_allclose(classifier.logits_of(state, images, tta), logits, rtol=1e-5,
+                                   atol=1e-6, err_msg=f"flip={flip}, translate={translate}")
+    assert not np.allclose(expected[(True, True)], expected[(False, False)], atol=1e-4)
+
+
+def test_test_time_augmentation_settings_never_block_resuming(digits):
+    older = json.loads(json.dumps(classifier_config(digits).to_dict()))  # as checkpoints hold it
+    del older["tta_translate"]  # a checkpoint written before the setting existed
+    current = classifier_config(digits, tta_flip=True, tta_translate=True)
+    assert config_differences(older, current.to_dict()) == []
 
 
 def test_run_writes_eval_metrics_confusion_matrix_and_summary(digits, tmp_path):

@@ -71,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.num_steps = 5000
     c.eval_every = 1000  # steps between evaluations of the whole eval split (0: only at the end)
     c.tta_flip = False  # evaluation/classify: average the logits of the image and its mirror
+    c.tta_translate = False  # evaluation/classify: add two views shifted by one pixel
     c.parallel = "shard_map"  # or "pmap"
 
     c.log_every = 50
@@ -111,6 +112,7 @@ def basic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.0
     c.loss.label_smoothing = 0.0
     c.tta_flip = False
+    c.tta_translate = False
     return c
 
 

@@ -173,12 +173,27 @@ def train_step(state: ClassifierState, batch: dict, *, config: ml_collections.Co
 
 
 def logits_of(state: ClassifierState, images: jax.Array, config) -> jax.Array:
-    """Inference logits (running batch-norm averages), flip-averaged when ``tta_flip``."""
+    """Inference logits (running batch-norm averages), with the test-time augmentation the
+    config asks for: ``tta_flip`` averages the image and its mirror; ``tta_translate`` gives
+    half the weight to the image and a quarter to each of two copies shifted by one pixel
+    (up-left and down-right, reflection-padded), each flip-averaged when ``tta_flip``."""
     model = make_model(config)
-    logits = model.apply(state.net.variables(), images, train=False)
-    if config.get("tta_flip", False):
-        # Test-time augmentation: the mirror image is as likely as the image itself.
-        logits = (logits + model.apply(state.net.variables(), images[:, :, ::-1], train=False)) / 2
+    variables = state.net.variables()
+
+    def infer(x: jax.Array) -> jax.Array:
+        logits = model.apply(variables, x, train=False)
+        if config.get("tta_flip", False):
+            # The mirror image is as likely as the image itself (training flips too).
+            logits = (logits + model.apply(variables, x[:, :, ::-1], train=False)) / 2
+        return logits
+
+    logits = infer(images)
+    if config.get("tta_translate", False):
+        # Training crops shift images by a few pixels, so one-pixel shifts are in-distribution;
+        # the unshifted view keeps the larger weight as the most likely one.
+        padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        up_left, down_right = padded[:, 2:, 2:], padded[:, :-2, :-2]
+        logits = logits / 2 + (infer(up_left) + infer(down_right)) / 4
     return logits
 
 
