@@ -7,7 +7,8 @@ DEMO_WORKDIR ?= runs/dcgan_fashion_mnist
 # Python with tcmalloc when the library is installed: XLA's CPU runtime allocates and frees
 # buffers of tens to hundreds of MB every step, which glibc's malloc maps and unmaps each time
 # (page faults took ~40% of the CPU time of Inception features here; README, Performance).
-RUN = LD_PRELOAD="$$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)" $(PY)
+TCMALLOC := /usr/lib/*/libtcmalloc_minimal.so.4
+RUN = LD_PRELOAD="$$(ls $(TCMALLOC) 2>/dev/null | head -n 1)" $(PY)
 
 .PHONY: venv demo test test-slow lint fashion-mnist tcmalloc clean bench
 
@@ -30,7 +31,7 @@ fashion-mnist:
 
 # tcmalloc from the Debian package when it can be installed (else glibc's malloc, slower).
 tcmalloc:
-	@if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then \
+	@if ! ls $(TCMALLOC) >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null \
 	      || echo "could not install libtcmalloc-minimal4; using glibc's malloc"; \
