@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 from pathlib import Path
@@ -185,6 +186,23 @@ def test_tar_gz_archive_is_extracted_once_and_reused(tmp_path, monkeypatch):
     second = load_source(data_cfg(path=str(archive)))
     assert second.paths == first.paths
     assert list(cache.iterdir()) == extracted  # no temporary folders left behind
+
+    # The same bytes copied elsewhere with a newer mtime (a fresh copy of a data folder).
+    copy = tmp_path / "elsewhere" / archive.name
+    copy.parent.mkdir()
+    shutil.copyfile(archive, copy)
+    os.utime(copy, (1e9, 2e9))
+    assert load_source(data_cfg(path=str(copy))).paths == first.paths
+    assert list(cache.iterdir()) == extracted
+    monkeypatch.undo()
+
+    # Replaced contents under the same name get an extraction of their own.
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(cache))
+    write_image(folder / "4.jpg", (250, 0, 0))
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="images")
+    assert load_source(data_cfg(path=str(archive))).num_examples == 5
+    assert len(list(cache.iterdir())) == 2
 
 
 def test_pipeline_reads_archive_images(tmp_path, monkeypatch):

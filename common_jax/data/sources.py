@@ -172,16 +172,25 @@ def _cache_root() -> Path:
     return Path(os.environ.get("COMMON_JAX_CACHE") or "~/.cache/common_jax").expanduser()
 
 
+def sha256_of_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _extract_archive(archive: Path) -> Path:
     """Extracts `archive` once into the cache and returns the folder; later calls reuse it.
 
-    The folder name hashes the archive's path, size and mtime, so a replaced archive gets a
-    fresh extraction. Extracting into a temporary folder and renaming it makes a half-written
+    The folder name hashes the archive's bytes: a replaced archive gets a fresh extraction,
+    while a copy or a re-download of the same file (new path or mtime) reuses the old folder
+    instead of filling the cache with duplicates. Reading the file to hash it costs far less
+    than extracting it. Extracting into a temporary folder and renaming it makes a half-written
     folder (crash, Ctrl-C, two processes at once) impossible to mistake for a finished one.
     """
-    stat = archive.stat()
-    key = f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    digest = sha256_of_file(archive)[:12]
     target = _cache_root() / f"{_archive_stem(archive.name)}-{digest}"
     if target.is_dir():
         log.info("using '%s', extracted earlier from '%s'", target, archive)

@@ -20,7 +20,6 @@ NumPy (`convert_state_dict`). Default output: $COMMON_JAX_CACHE or ~/.cache/comm
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import warnings
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common_jax.data.sources import sha256_of_file
 from common_jax.metrics import inception
 
 SOURCES = ("torchscript", "pytorch_fid")
@@ -185,21 +185,13 @@ def read_torch_state(path: Path, source: str) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_file(path: str | Path, source: str, out: str | Path | None = None) -> Path:
     """Converts one file and writes the .npz; returns its path."""
     path = Path(path)
     flat = convert_state_dict(read_torch_state(path, source), source)
     out = Path(out) if out is not None else inception.default_weights_path()
     meta = {"network": inception.NETWORK_NAME, "source": source, "source_file": path.name,
-            "source_sha256": _sha256(path), "weights_hash": inception.weights_hash(flat)}
+            "source_sha256": sha256_of_file(path), "weights_hash": inception.weights_hash(flat)}
     return save_npz(flat, out, meta)
 
 
