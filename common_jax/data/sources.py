@@ -13,6 +13,7 @@ import codecs
 import collections
 import dataclasses
 import difflib
+import functools
 import gzip
 import hashlib
 import logging
@@ -181,6 +182,14 @@ def sha256_of_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=16)
+def _archive_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The archive's content hash, read once per process for each (path, size, mtime): the
+    train and evaluation splits of one archive would otherwise both read the whole file."""
+    del size, mtime_ns  # only part of the cache key: a replaced file is hashed again
+    return sha256_of_file(path)[:12]
+
+
 def _extract_archive(archive: Path) -> Path:
     """Extracts `archive` once into the cache and returns the folder; later calls reuse it.
 
@@ -190,7 +199,8 @@ def _extract_archive(archive: Path) -> Path:
     than extracting it. Extracting into a temporary folder and renaming it makes a half-written
     folder (crash, Ctrl-C, two processes at once) impossible to mistake for a finished one.
     """
-    digest = sha256_of_file(archive)[:12]
+    stat = archive.stat()
+    digest = _archive_digest(str(archive.resolve()), stat.st_size, stat.st_mtime_ns)
     target = _cache_root() / f"{_archive_stem(archive.name)}-{digest}"
     if target.is_dir():
         log.info("using '%s', extracted earlier from '%s'", target, archive)
