@@ -8,7 +8,7 @@ side by side, in PyTorch; plus the input pipeline alone and end to end.
     python -m benchmarks.train_step --bfloat16 --no-torch    # JAX float32 beside JAX bfloat16
 
 For each model the state and the compiled step are built exactly as the training loop builds
-them: the trainer's `make_task(config)` gives `create_state` and the per-device `train_step`,
+them: the trainer's `make_task(config)` gives `create_state` and its first stage's `train_step`,
 `common_jax.parallel.DataParallel.compile` compiles it (here ahead of time, so the compile time
 is measured on its own and XLA's cost and memory analyses come from the same executable). Steps
 run on one synthetic batch already on the devices. After a warm-up, rounds alternate between
@@ -52,7 +52,8 @@ class JaxStep:
         self.params = param_counts(self.state, self.dp)
         self.batch = self.dp.put_batch(synthetic_batch(config))
         start = time.perf_counter()
-        self.compiled = self.dp.compile(task.train_step).lower(self.state, self.batch).compile()
+        step = task.stages[0].train_step
+        self.compiled = self.dp.compile(step).lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
 
     def run(self, n: int) -> None:

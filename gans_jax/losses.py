@@ -211,15 +211,24 @@ def generator_loss(kind: str, *, fake_logits: jax.Array) -> jax.Array:
 Critic = Callable[[jax.Array], jax.Array]  # images [B, ...] -> logits [B]
 
 
-def interpolate(real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
+def interpolate(real: jax.Array, fake: jax.Array, key: jax.Array | None = None, *,
+                weights: jax.Array | None = None) -> jax.Array:
     """eps * real + (1 - eps) * fake in float32, with eps ~ U[0, 1] drawn once per example.
 
     real, fake [B, ...] (e.g. [B, H, W, C]) -> [B, ...] float32. eps has shape [B, 1, ..., 1],
-    drawn with `jax.random.uniform(key, ...)`, so the same key gives the same points.
+    drawn with `jax.random.uniform(key, ...)`, so the same key gives the same points; or pass
+    the `weights` eps themselves (a data-parallel step draws them for the global batch and
+    keeps its slice, so any device count gives the same points).
     """
     _check_same_shape(real, fake, "images")
     real, fake = _f32(real), _f32(fake)
-    eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), jnp.float32)
+    shape = (real.shape[0],) + (1,) * (real.ndim - 1)
+    if weights is None:
+        if key is None:
+            raise ValueError("interpolate needs a key or the weights")
+        eps = jax.random.uniform(key, shape, jnp.float32)
+    else:
+        eps = jnp.reshape(_f32(weights), shape)
     return eps * real + (1.0 - eps) * fake
 
 
@@ -231,16 +240,18 @@ def _input_gradients(critic: Critic, images: jax.Array) -> jax.Array:
     return _f32(grads)
 
 
-def gradient_penalty(critic: Critic, *, real: jax.Array, fake: jax.Array, key: jax.Array,
+def gradient_penalty(critic: Critic, *, real: jax.Array, fake: jax.Array,
+                     key: jax.Array | None = None, weights: jax.Array | None = None,
                      target: float = 1.0) -> jax.Array:
     """WGAN-GP: mean over examples of (||grad_x critic(x_hat)||_2 - target)^2.
 
     critic: images [B, ...] -> logits [B]; real, fake [B, ...] of equal shape; key: a PRNG key
-    for the interpolation weights (see `interpolate`). Returns a float32 scalar, whatever the
-    dtypes of the images and the critic; the caller multiplies it by lambda (10 in the paper).
+    for the interpolation weights, or the weights [B] themselves (see `interpolate`). Returns
+    a float32 scalar, whatever the dtypes of the images and the critic; the caller multiplies
+    it by lambda (10 in the paper).
     Differentiable w.r.t. the critic's parameters (closed over by `critic`).
     """
-    x_hat = interpolate(real, fake, key)
+    x_hat = interpolate(real, fake, key, weights=weights)
     grads = _input_gradients(critic, x_hat)
     sq_norms = jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim)))
     norms = jnp.sqrt(sq_norms + _NORM_EPS)

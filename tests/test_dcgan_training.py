@@ -92,7 +92,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(digits, tmp_path, mode):
     assert summary["start_step"] == 4 and summary["final_step"] == 8
     straight, _ = final_state(tmp_path / "straight", config)
     resumed, meta = final_state(tmp_path / "resumed", config)
-    assert meta["data"]["batches_consumed"] == 8
+    assert meta["data"]["streams"] == {"train": {"examples": 8 * 16}}
     chex.assert_trees_all_equal(resumed, straight)
 
 
@@ -146,3 +146,41 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(digits
     checkpointer = Checkpointer(tmp_path, asynchronous=False)
     assert checkpointer.steps() == [3]
     checkpointer.close()
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_eight_devices_equal_one_device_with_the_gradient_penalty(digits, mode):
+    # WGAN-GP as the paper runs it: no batch norm in the critic (layer norm instead). The
+    # interpolation weights are drawn for the global batch, so the penalty is the same.
+    config = smoke_config(digits, **{"loss.kind": "wasserstein", "loss.gradient_penalty": 10.0,
+                                     "model.d_norm": "layer", "n_critic": 1})
+    chex.clear_trace_counter()
+    one_state, one_metrics = run_steps(config, mode, 1)
+    chex.clear_trace_counter()
+    eight_state, eight_metrics = run_steps(config, mode, 8)
+    np.testing.assert_allclose(eight_metrics["d_loss"], one_metrics["d_loss"], rtol=1e-4)
+    chex.assert_trees_all_close(jax.device_get(eight_state.d.params),
+                                jax.device_get(one_state.d.params), rtol=1e-4, atol=1e-5)
+
+
+def test_generator_ema_moves_on_generator_updates_only(digits):
+    config = smoke_config(digits, n_critic=2, ema_decay=0.5)
+    frozen = ml_collections.FrozenConfigDict(config)
+    dp = DataParallel("shard_map", jax.devices()[:1])
+    step_fn = dp.compile(lambda s, b: dcgan.train_step(s, b, config=frozen), donate=False)
+    state = dcgan.create_state(config)
+    ema = jax.device_get(state.g_ema)
+    for i in range(4):
+        before = jax.device_get(state)
+        state, _ = step_fn(dp.put_state(state), dp.put_batch(fake_batch(config, seed=i)))
+        state = jax.device_get(dp.get_state(state))
+        if i % 2 == 0:  # a D-only step: G and its average stay
+            chex.assert_trees_all_equal(state.g.params, before.g.params)
+            chex.assert_trees_all_equal(state.g_ema, before.g_ema)
+            continue
+        g_updates_before = i // 2  # 0, then 1
+        decay = min(0.5, (1 + g_updates_before) / (10 + g_updates_before))
+        ema = jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, ema, state.g.params)
+        chex.assert_trees_all_close(state.g_ema, ema, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(state.g.params["project"]["kernel"],
+                               before.g.params["project"]["kernel"])

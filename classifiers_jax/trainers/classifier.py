@@ -27,11 +27,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from classifiers_jax.models.cnn import CNN, BasicCNN, FastCIFARNet
+from classifiers_jax.models.cnn import CNN, HEADS, BasicCNN, FastCIFARNet
+from common_jax import activations, loop, parallel
 from common_jax import data as data_lib
-from common_jax import loop, parallel
-from common_jax.config_utils import compute_dtype
+from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
 from common_jax.errors import UserError
+from common_jax.evaluate import SplitEvaluator
 from common_jax.parallel import DataParallel
 from common_jax.state import NetState, apply_gradients, create_net_state
 
@@ -40,8 +41,25 @@ log = logging.getLogger(__name__)
 ARCHS = ("basic", "cnn", "fast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
-EVAL_CACHE_BYTES = 1 << 30  # keep preprocessed test batches in memory up to this size
 TOP_K = 5
+# Every enumerated option -> its valid values, taken from the constants the code checks against
+# so that they cannot drift apart; train.py and the training loop refuse other values at
+# start-up (common_jax.config_utils.check_choices) instead of after the data is loaded.
+CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": ARCHS,
+    "model.activation": activations.ACTIVATIONS + tuple(activations.ALIASES),
+    "model.head": HEADS,
+    "model.dtype": tuple(COMPUTE_DTYPES),
+    "optimizer.name": OPTIMIZERS,
+    "optimizer.schedule": SCHEDULES,
+    "data.augment": tuple(data_lib.AUGMENTATIONS),
+    "data.label_mode": data_lib.sources.LABEL_MODES,
+    "parallel": parallel.MODES,
+}
+# Settings that may change when a run resumes: they change how the network is evaluated or the
+# precision it computes in (the state stays float32), not what it has learnt.
+RESUMABLE = frozenset({"eval_every", "eval_batch_size", "tta_flip", "tta_translate",
+                       "model.dtype"})
 
 
 @flax.struct.dataclass
@@ -75,49 +93,26 @@ def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Learning rate per step: constant, cosine (with warmup) or a linear one-cycle."""
-    o = config.optimizer
-    total = max(int(o.decay_steps or config.num_steps), 1)
-    warmup = min(int(o.warmup_steps), total - 1)
-    if o.schedule == "constant":
-        if not warmup:
-            return optax.constant_schedule(o.lr)
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
-    if o.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=o.lr, warmup_steps=warmup, decay_steps=total,
-            end_value=o.lr * o.final_lr_fraction)
-    if o.schedule == "onecycle":
-        # Linear up to the peak, then linear down: the triangle fast CIFAR trainers use.
-        rise = min(max(int(round(o.pct_start * total)), 1), total - 1) if total > 1 else 1
-        return optax.join_schedules([
-            optax.linear_schedule(o.lr * o.start_lr_fraction, o.lr, rise),
-            optax.linear_schedule(o.lr, o.lr * o.final_lr_fraction, max(total - rise, 1)),
-        ], [rise])
-    raise UserError(f"unknown schedule '{o.schedule}'; set --config.optimizer.schedule to one "
-                    f"of {', '.join(SCHEDULES)}")
+    """Learning rate per step: constant, cosine (with warmup), a linear one-cycle, or any other
+    schedule of `common_jax.optim.SCHEDULES`."""
+    from common_jax import optim
+
+    return optim.make_schedule(config.optimizer, config.num_steps)
 
 
 def _decay_mask(params):
+    from common_jax import optim
+
     # Weight decay on kernels only: decaying biases and batch-norm scales only hurts.
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    return optim.decay_mask(params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD (momentum, Nesterov; L2 weight decay) or Adam (L2) or AdamW (decoupled decay)."""
-    o = config.optimizer
-    lr = make_schedule(config)
-    l2 = [optax.add_decayed_weights(o.weight_decay, _decay_mask)] if o.weight_decay else []
-    if o.name == "sgd":
-        return optax.chain(*l2, optax.sgd(lr, momentum=o.momentum or None,
-                                          nesterov=bool(o.nesterov and o.momentum)))
-    if o.name == "adam":
-        return optax.chain(*l2, optax.adam(lr, b1=o.b1, b2=o.b2))
-    if o.name == "adamw":
-        return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=_decay_mask)
-    raise UserError(f"unknown optimizer '{o.name}'; set --config.optimizer.name to one of "
-                    f"{', '.join(OPTIMIZERS)}")
+    """SGD (momentum, Nesterov; L2 weight decay) or Adam (L2) or AdamW (decoupled decay), with
+    the optional frozen parameters and learning-rate multipliers of `common_jax.optim`."""
+    from common_jax import optim
+
+    return optim.make_optimizer(config.optimizer, config.num_steps)
 
 
 def create_state(config: ml_collections.ConfigDict) -> ClassifierState:
@@ -256,19 +251,6 @@ def resolve_class_names(config: ml_collections.ConfigDict,
     return tuple(names + [str(i) for i in range(len(names), num_classes)])
 
 
-def compile_eval_step(dp: DataParallel, config) -> Any:
-    """`eval_step` compiled data-parallel: (device state, device batch) -> host sums."""
-    frozen = ml_collections.FrozenConfigDict(config)
-
-    # DataParallel compiles (state, batch) -> (replicated output, metrics) steps; evaluation
-    # has only a replicated output.
-    def step(state, batch):
-        return eval_step(state, batch, config=frozen), {}
-
-    compiled = dp.compile(step, donate=False)
-    return lambda state, batch: jax.device_get(dp.get_state(compiled(state, batch)[0]))
-
-
 def summarize(sums: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
     """Totals -> loss, top-1/top-5 accuracy, per-class accuracy and the confusion matrix."""
     count = float(sums["count"])
@@ -290,54 +272,20 @@ class Evaluator:
 
     def __init__(self, config: ml_collections.ConfigDict, source: data_lib.ImageSource,
                  dp: DataParallel | None = None):
-        self.config, self.source = config, source
-        self.dp = dp or DataParallel(config.parallel)
-        self.local_batch = check_eval_batch_size(config.eval_batch_size, self.dp)
-        self._step = None
-        self._cache: list[dict[str, np.ndarray]] | None = None
+        self.config = config
+        frozen = ml_collections.FrozenConfigDict(config)
         m = config.model
-        size = source.num_examples * m.image_size**2 * m.channels * 4
-        self._cacheable = size <= EVAL_CACHE_BYTES
+        self.split = SplitEvaluator(
+            source, functools.partial(eval_step, config=frozen),
+            dp=dp or DataParallel(config.parallel), batch_size=config.eval_batch_size,
+            image_size=m.image_size, channels=m.channels)
 
     def batches(self):
-        """The padded, masked batches; decoded once and kept when they fit in memory."""
-        if self._cache is not None:
-            return self._cache
-        m = self.config.model
-        batches = data_lib.make_eval_iterator(
-            self.source, batch_size=self.local_batch, image_size=m.image_size,
-            channels=m.channels, process_index=jax.process_index(),
-            process_count=jax.process_count())
-        if self._cacheable:
-            self._cache = list(batches)
-            return self._cache
-        return batches
-
-    def sums(self, state: ClassifierState) -> dict[str, np.ndarray]:
-        """Masked totals over the split for a host state (one copy, as the loop gives it)."""
-        if self._step is None:
-            self._step = compile_eval_step(self.dp, self.config)
-        device_state = self.dp.put_state(state)
-        totals = None
-        for batch in self.batches():
-            # float64 on the host: float32 totals would lose counts beyond 2**24 examples.
-            sums = jax.tree.map(lambda x: np.asarray(x, np.float64),
-                                self._step(device_state, self.dp.put_batch(batch)))
-            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-        return totals
+        """The padded, masked batches (see `common_jax.evaluate.SplitEvaluator`)."""
+        return self.split.batches()
 
     def __call__(self, state: ClassifierState) -> dict[str, Any]:
-        return summarize(self.sums(state), class_names(self.config))
-
-
-def check_eval_batch_size(eval_batch_size: int, dp: DataParallel) -> int:
-    """The per-process evaluation batch; refuses sizes the devices cannot share."""
-    if eval_batch_size < 1 or eval_batch_size % dp.num_devices:
-        n = dp.num_devices
-        raise UserError(
-            f"eval_batch_size {eval_batch_size} is not a positive multiple of the {n} devices; "
-            f"set --config.eval_batch_size to a multiple of {n} (e.g. {max(n, 512 // n * n)})")
-    return eval_batch_size // jax.process_count()
+        return summarize(self.split.sums(state), class_names(self.config))
 
 
 def save_confusion_matrix(path: str | Path, confusion: np.ndarray, names: list[str],
@@ -462,19 +410,22 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
     summary: dict = {}
     evaluation = Evaluation(config, summary)
 
-    def prepare(source):
+    def prepare(sources):
+        source = sources["train"]
         evaluation.prepare(source)
         log.info("%d steps = %.1f epochs of %d examples", config.num_steps,
                  config.num_steps * config.batch_size / source.num_examples, source.num_examples)
 
+    step = functools.partial(train_step, config=ml_collections.FrozenConfigDict(config))
     return loop.Task(
         create_state=functools.partial(create_state, config),
-        train_step=functools.partial(train_step, config=ml_collections.FrozenConfigDict(config)),
+        stages=loop.single_stage(config, step),
         periodic={"eval": (config.eval_every, evaluation)},
         prepare=prepare,
         progress_metrics=("loss", "accuracy"),
         plot_metrics=("loss", "eval_loss"),
         summary=summary,
+        resumable=RESUMABLE,
     )
 
 

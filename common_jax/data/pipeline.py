@@ -51,6 +51,7 @@ def make_train_iterator(
     channels: int,
     seed: int,
     start_batch: int = 0,
+    start_example: int = 0,
     process_index: int = 0,
     process_count: int = 1,
     augment: str = "none",
@@ -59,7 +60,9 @@ def make_train_iterator(
 
     `batch_size` is per process; process `i` of `n` reads examples i, i+n, i+2n, ... only.
     Labels are -1 when the source has none. ``start_batch=k`` yields exactly batches k, k+1,
-    ... of a fresh iterator with the same arguments, which is how training resumes.
+    ... of a fresh iterator with the same arguments, which is how training resumes;
+    ``start_example=n`` skips the first n examples of this process's stream instead (streams
+    whose batch size changes between training stages resume by examples, not batches).
     `augment` is one of `AUGMENTATIONS`: "cifar" pads by `CROP_PADDING` reflected pixels, crops
     back to the image size at a random offset and flips half the images left-right.
     """
@@ -70,9 +73,11 @@ def make_train_iterator(
         source, batch_size=batch_size, image_size=image_size, channels=channels,
         start_batch=start_batch, process_index=process_index, process_count=process_count,
     )
+    if start_example < 0:
+        raise ValueError(f"start_example must be >= 0, got {start_example}")
     indices = _shuffled_indices(
         num_examples=source.num_examples, shard_size=shard_size, seed=seed,
-        skip=start_batch * batch_size, process_index=process_index,
+        skip=start_batch * batch_size + start_example, process_index=process_index,
         process_count=process_count,
     )
     load = _example_loader(source, image_size=image_size, channels=channels)

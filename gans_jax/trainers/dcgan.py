@@ -8,7 +8,8 @@ One step, per device with the named axis `common_jax.parallel.AXIS`:
   1. G's forward pass once (kept as a VJP) on z drawn from ``fold_in(key, step)``;
   2. D update on the real batch and the detached fake batch;
   3. G update through the updated D (non-saturating loss), reusing step 1's forward pass;
-  4. G's moving average (EMA) of the weights.
+  4. G's moving average (EMA) of the weights, moved on G's updates only (n_critic > 1: every
+     n_critic-th step).
 Gradients and batch-norm statistics are averaged over devices, so N devices compute what one
 device computes on the whole batch.
 """
@@ -28,12 +29,36 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from common_jax import activations, loop, parallel
 from common_jax import data as data_lib
-from common_jax import loop, parallel
-from common_jax.config_utils import compute_dtype
+from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
 from common_jax.state import NetState, apply_gradients, create_net_state
-from gans_jax import checkerboard, evaluation, losses
+from gans_jax import checkerboard, evaluation, layers, losses
 from gans_jax.models.dcgan import Discriminator, Generator
+
+# Every enumerated option -> its valid values, taken from the constants the code checks against
+# so that they cannot drift apart; train.py and the training loop refuse other values at
+# start-up (common_jax.config_utils.check_choices) instead of deep inside tracing.
+CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.upsample": layers.UPSAMPLE,
+    "model.upsample_impl": layers._IMPLS,
+    "model.downsample": layers.DOWNSAMPLE,
+    "model.g_norm": layers.NORMS,
+    "model.d_norm": layers.NORMS,
+    "model.g_activation": activations.ACTIVATIONS + tuple(activations.ALIASES),
+    "model.d_activation": activations.ACTIVATIONS + tuple(activations.ALIASES),
+    "model.dtype": tuple(COMPUTE_DTYPES),
+    "loss.kind": losses.LOSSES,
+    "parallel": parallel.MODES,
+    "metrics.resize": evaluation.inception_lib.RESIZE_METHODS,
+    "metrics.class_reference": evaluation.judge_lib.CLASS_REFERENCES,
+}
+
+
+# Settings that may change when a run resumes: how often samples are drawn, how the run is
+# scored (the whole `metrics` section) and the precision G and D compute in (the state stays
+# float32, and runs saved before the setting existed computed in float32).
+RESUMABLE = frozenset({"sample_every", "metrics", "model.dtype"})
 
 
 @flax.struct.dataclass
@@ -144,11 +169,13 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
         def critic(images):  # statistics of penalty batches are not kept
             return discriminate(d_params, stats, images)[0]
 
-        # Penalty randomness differs per device (fine for the statistics it estimates).
-        device_key = jax.random.fold_in(key_penalty, jax.lax.axis_index(parallel.AXIS))
         if loss_cfg.gradient_penalty:
+            # Interpolation weights drawn for the global batch and sliced, as z is: any
+            # device count computes the same penalty.
+            weights = jax.random.uniform(key_penalty, (config.batch_size,), jnp.float32)
             loss += loss_cfg.gradient_penalty * losses.gradient_penalty(
-                critic, real=real, fake=jax.lax.stop_gradient(fake), key=device_key)
+                critic, real=real, fake=jax.lax.stop_gradient(fake),
+                weights=parallel.local_batch_slice(weights, local_batch))
         if loss_cfg.r1:
             loss += 0.5 * loss_cfg.r1 * losses.r1_penalty(critic, real=real)
         if loss_cfg.drift:
@@ -168,20 +195,22 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
         (g_loss, stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
         (g_grads,) = g_vjp(fake_grads)
         g_grads = jax.lax.pmean(g_grads, parallel.AXIS)
-        return apply_gradients(state.g, g_grads, g_tx), stats, g_loss, optax.tree.norm(g_grads)
+        g = apply_gradients(state.g, g_grads, g_tx)
+        # The EMA moves with G's updates: `step // n_critic` of them came before this one.
+        decay = ema_decay_at(state.step // config.n_critic, config.ema_decay)
+        g_ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.g_ema, g.params)
+        return g, g_ema, stats, g_loss, optax.tree.norm(g_grads)
 
-    def skip_g(_):  # D-only step (n_critic > 1): still report G's loss
+    def skip_g(_):  # D-only step (n_critic > 1): G and its EMA stay; still report G's loss
         g_loss, stats = g_loss_fn(fake)
-        return state.g, stats, g_loss, jnp.zeros((), jnp.float32)
+        return state.g, state.g_ema, stats, g_loss, jnp.zeros((), jnp.float32)
 
     if config.n_critic == 1:
-        g, d_stats, g_loss, g_grad_norm = update_g(None)
+        g, g_ema, d_stats, g_loss, g_grad_norm = update_g(None)
     else:
         due = (state.step + 1) % config.n_critic == 0
-        g, d_stats, g_loss, g_grad_norm = jax.lax.cond(due, update_g, skip_g, None)
+        g, g_ema, d_stats, g_loss, g_grad_norm = jax.lax.cond(due, update_g, skip_g, None)
     g = g.replace(batch_stats=g_batch_stats)
-    decay = ema_decay_at(state.step, config.ema_decay)
-    g_ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.g_ema, g.params)
 
     metrics = {
         "d_loss": d_loss, "g_loss": g_loss,
@@ -225,22 +254,30 @@ def generate_batches(state: GANState, config, num: int, *, batch_size: int,
                      use_ema: bool = True) -> Iterator[np.ndarray]:
     """`num` images in [-1, 1] from fixed latent vectors, as host batches, data-parallel.
 
-    Each batch of z is split over a mesh of `devices` (default: this process's) and the state
-    replicated on it; `generate`'s compiled function then runs partitioned by batch, with the
-    batch-norm statistics of the whole batch as on one device. Every batch has the same size
-    (`batch_size` rounded up to a multiple of the devices), so it compiles once and each
-    sample sees the same batch statistics; the surplus of the last batch is dropped.
+    Each batch of z is split over `devices` (default: this process's) with the weights
+    replicated (`parallel.DataParallel.forward`); batch norm averages its statistics over the
+    devices, so each batch gets the statistics of the whole batch as on one device. Every batch
+    has the same size (`batch_size` rounded up to a multiple of the devices), so it compiles
+    once and each sample sees the same batch statistics; the surplus of the last batch is
+    dropped.
     """
-    devices = list(devices) if devices is not None else jax.local_devices()
-    mesh = Mesh(np.array(devices), (parallel.AXIS,))
-    per_batch = -(-batch_size // len(devices)) * len(devices)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    dp = parallel.DataParallel(devices=devices if devices is not None else jax.local_devices())
+    g_model, _ = make_models(config, axis_name=parallel.AXIS)
+
+    def per_device(variables, z):
+        # Batch statistics of the sample batch, as the reference DCGAN samples; the running
+        # averages belong to the live weights, not to the EMA weights.
+        images, _ = g_model.apply(variables, z, train=True, mutable=["batch_stats"])
+        return images
+
+    forward = dp.forward(per_device, key=("dcgan.generate_batches", g_model))
+    params = state.g_ema if use_ema else state.g.params
+    variables = dp.put_replicated({"params": params, "batch_stats": state.g.batch_stats})
+    per_batch = dp.round_up(batch_size)
     z = np.asarray(sample_z(config, -(-num // per_batch) * per_batch, seed))
-    split = NamedSharding(mesh, P(parallel.AXIS))
     for start in range(0, num, per_batch):
-        images = generate(state, jax.device_put(z[start:start + per_batch], split), config,
-                          use_ema=use_ema)
-        yield images[:num - start]
+        images = forward(variables, dp.put_split(z[start:start + per_batch]))
+        yield np.asarray(images)[:num - start]
 
 
 def reference_images(source, config, num: int = 256) -> np.ndarray:
@@ -277,19 +314,21 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
                                evaluation.ScoreAction(scorer, make_sampler(config, scorer),
                                                       summary))
 
-    def prepare_all(source):
-        prepare(source)
+    def prepare_all(sources):
+        prepare(sources["train"])
         if scorer is not None:
             scorer.load_reference_source()
 
+    step = functools.partial(train_step, config=ml_collections.FrozenConfigDict(config))
     return loop.Task(
         create_state=functools.partial(create_state, config),
-        train_step=functools.partial(train_step, config=ml_collections.FrozenConfigDict(config)),
+        stages=loop.single_stage(config, step),
         periodic=periodic,
         prepare=prepare_all,
         progress_metrics=("d_loss", "g_loss", "d_real", "d_fake"),
         plot_metrics=("d_loss", "g_loss"),
         summary=summary,
+        resumable=RESUMABLE,
     )
 
 
