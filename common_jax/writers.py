@@ -1,13 +1,20 @@
-"""Run outputs: TensorBoard scalars and images, a metrics file, PNG image grids, loss plots."""
+"""Run outputs: TensorBoard scalars and images, a metrics file, PNG image grids, loss plots.
+
+metrics.jsonl is a run's logged history. A resumed run keeps it up to the restored step; a run
+that starts afresh in a workdir with history moves the old file aside instead of overwriting it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 
 def image_grid(images: np.ndarray, *, columns: int | None = None, pad: int = 2) -> np.ndarray:
@@ -104,13 +111,17 @@ class RunWriter:
             return None
         return plot_history(self.history, names, self.workdir / filename)
 
-    def resume_history(self, step: int) -> None:
+    def resume_history(self, step: int | None) -> None:
         """Reloads metrics.jsonl up to `step`, the checkpoint a resumed run starts from.
 
-        Records after it are dropped from the file: the resumed run writes them again.
+        Records after it are dropped from the file: the resumed run writes them again. With
+        `step` None (nothing restored, the run starts afresh) earlier records are moved aside.
         """
         path = self.workdir / "metrics.jsonl"
         if not self.primary or not path.exists():
+            return
+        if step is None:
+            self._set_history_aside(path)
             return
         kept = [line for line in path.read_text().splitlines()
                 if line and json.loads(line)["step"] <= step]
@@ -120,6 +131,17 @@ class RunWriter:
             record_step = record.pop("step")
             for name, value in record.items():
                 self.history.setdefault(name, []).append((record_step, value))
+
+    def _set_history_aside(self, path: Path) -> None:
+        """Renames a previous run's metrics.jsonl to an unused name beside it, keeping it."""
+        if not path.read_text().strip():
+            return  # nothing logged: the new run may append to it
+        n = 1
+        while (aside := path.with_name(f"metrics.before_restart.{n}.jsonl")).exists():
+            n += 1
+        path.rename(aside)
+        log.warning("starting afresh in %s, which holds logged metrics without a checkpoint to "
+                    "resume; moved them to %s", self.workdir, aside)
 
     def flush(self) -> None:
         if self._tb:
