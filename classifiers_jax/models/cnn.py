@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax.activations import Activation
+from common_jax.dropout import BatchDropout
 from common_jax.errors import UserError
 
 HEADS = ("gap", "flatten")
@@ -135,12 +136,12 @@ class CNN(nn.Module):
                     x = _batch_norm(train, self.axis_name, self.dtype, f"{name}_bn")(x)
                 x = Activation(self.activation, name=f"{name}_act")(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = BatchDropout(self.dropout, self.axis_name)(x, deterministic=not train)
         x = jnp.mean(x, axis=(1, 2)) if self.head == "gap" else x.reshape((x.shape[0], -1))
         if self.hidden:
             x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x)
             x = Activation(self.activation, name="act_hidden")(x)
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = BatchDropout(self.dropout, self.axis_name)(x, deterministic=not train)
         self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
 
