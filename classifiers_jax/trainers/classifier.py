@@ -4,7 +4,7 @@ evaluation of a whole split, prediction, and the entry point.
 The train step runs per device with the named axis `common_jax.parallel.AXIS`: a forward pass
 with batch statistics (batch norm averages them over the axis), cross-entropy with optional
 label smoothing, gradients averaged over the axis, one optimizer update. N devices compute what
-one device computes on the whole batch (dropout aside: each device draws its own masks).
+one device computes on the whole batch, dropout included (`common_jax.dropout.BatchDropout`).
 
 Evaluation reads the whole test split once in padded batches split over the devices; padded rows
 have mask 0, and the per-device sums (loss, top-1, top-5, confusion matrix) are added with psum.
@@ -140,9 +140,9 @@ def train_step(state: ClassifierState, batch: dict, *, config: ml_collections.Co
     """One optimizer update on this device's slice of the batch."""
     model = make_model(config, axis_name=parallel.AXIS)
     tx = make_optimizer(config)
-    # Dropout masks: a fresh key per step and per device.
-    key = jax.random.fold_in(jax.random.fold_in(state.key, state.step),
-                             jax.lax.axis_index(parallel.AXIS))
+    # Dropout masks: a fresh key per step, the same on every device (the masks are drawn for
+    # the global batch and sliced, so any device count drops the same units).
+    key = jax.random.fold_in(state.key, state.step)
     images, labels = batch["image"], batch["label"]
 
     def loss_fn(params):
