@@ -17,14 +17,21 @@ test by default) the same way: the FID a perfect generator would reach; with --w
 also goes into <workdir>/summary.json "floor".
 Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
 printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
+Mistakes in the flags and the config (a missing config file, an unknown variant or key, an
+unknown choice for an enumerated option, a negative count) are refused at start-up, before any
+data is read or any JAX device exists.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging as std_logging
 import os
+import re
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 # Keep TensorFlow (used only for tf.data) quiet and off any GPU before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,7 +39,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from common_jax.errors import UserError  # noqa: E402
+
 COMMANDS = ("train", "sample", "classify", "eval", "floor")
+ROOT = Path(__file__).resolve().parent
+CONFIG_FOLDERS = ("gans_jax/configs", "classifiers_jax/configs")
 log = std_logging.getLogger("__main__")
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
@@ -54,18 +65,51 @@ FLAGS = flags.FLAGS
 
 def trainer_module(config):
     """The module named by ``config.trainer`` (e.g. gans_jax.trainers.dcgan)."""
-    return importlib.import_module(config.trainer)
+    try:
+        return importlib.import_module(config.trainer)
+    except ModuleNotFoundError as error:
+        # Only a name that is not there; a trainer that fails to import its own dependencies
+        # keeps its traceback.
+        if error.name is None or not f"{config.trainer}.".startswith(f"{error.name}."):
+            raise
+        raise UserError(f"unknown trainer '{config.trainer}'; set --config.trainer to "
+                        "gans_jax.trainers.dcgan or classifiers_jax.trainers.classifier") from None
 
 
-def run_train() -> None:
+def checked_trainer():
+    """The train command's trainer module, once the config's enumerated options and counts are
+    known to be valid: importing it neither reads data nor creates a JAX device."""
     if FLAGS.config is None:
         raise_usage("train needs --config path.py[:variant]")
-    from common_jax.parallel import use_cpu_cores
+    from common_jax.config_utils import check_choices, check_counts
 
-    use_cpu_cores((FLAGS.config.batch_size, FLAGS.config.get("eval_batch_size", 0)))
-    summary = trainer_module(FLAGS.config).train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    trainer = trainer_module(FLAGS.config)
+    # A trainer without CONFIG_CHOICES (one written elsewhere) gets the other checks only.
+    check_choices(FLAGS.config, getattr(trainer, "CONFIG_CHOICES", {}))
+    check_counts(FLAGS.config)
+    return trainer
+
+
+def start_jax(command: str) -> None:
+    """Joins a multi-process job, then asks for one CPU device per core (train, eval, floor).
+
+    Both only work before JAX creates its devices, so nothing before this touches them: the
+    multi-process set-up must come first of all, and the CPU device count divides each
+    process's share of the batch, which needs the process count.
+    """
+    from common_jax import parallel
+
+    parallel.maybe_initialize_distributed()
+    if command == "train":
+        parallel.use_cpu_cores((FLAGS.config.batch_size, FLAGS.config.get("eval_batch_size", 0)))
+    elif command in ("eval", "floor"):
+        parallel.use_cpu_cores(())  # sampling and features pad their batches to the device count
+
+
+def run_train(trainer) -> None:
+    summary = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     log.info("done: step %s, %s images/s; outputs in %s", summary["final_step"],
-                 summary["images_per_s"], FLAGS.workdir)
+             summary["images_per_s"], FLAGS.workdir)
 
 
 def run_sample() -> None:
@@ -117,9 +161,7 @@ def run_eval() -> None:
     """Scores the latest checkpoint's EMA generator as its config's `metrics` section says
     (the flags override it) and prints the scores with their protocol."""
     from common_jax.checkpoint import restore_for_inference
-    from common_jax.parallel import use_cpu_cores
 
-    use_cpu_cores(())  # sampling and features pad their batches to the device count
     num = scored_num("eval")
     config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
     if not hasattr(trainer, "evaluate_checkpoint"):
@@ -139,12 +181,8 @@ def run_eval() -> None:
 
 def run_floor() -> None:
     """Scores real images as if generated and prints the scores, their protocol and timing."""
-    if FLAGS.config is None:
-        raise_usage("floor needs --config path.py[:variant] (its data and metrics sections)")
-    from common_jax.parallel import use_cpu_cores
     from gans_jax import evaluation
 
-    use_cpu_cores(())
     num = scored_num("floor")
     result = evaluation.score_real_split(FLAGS.config, FLAGS.split, num=num,
                                          judge_workdir=FLAGS.judge_workdir)
@@ -155,8 +193,6 @@ def run_floor() -> None:
     reference = "cached" if i["reference_cached"] else f"{i['reference_seconds']:.0f} s"
     print(f"features: reference {reference}, scored split {i['scored_seconds']:.0f} s")
     if FLAGS.workdir:
-        from pathlib import Path
-
         Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
         evaluation.merge_summary(Path(FLAGS.workdir) / "summary.json", "floor", result)
         print(f"wrote summary.json \"floor\" in {FLAGS.workdir}")
@@ -172,9 +208,13 @@ def scored_num(command: str) -> int | None:
 
 
 def raise_usage(message: str) -> None:
-    from common_jax.errors import UserError
-
     raise UserError(message)
+
+
+def fail(message: str) -> NoReturn:
+    """Prints `message` as the one line "error: ..." and exits with status 2 (bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def configure_logging() -> None:
@@ -184,33 +224,134 @@ def configure_logging() -> None:
         std_logging.getLogger(package).setLevel(std_logging.INFO)
 
 
+def check_command(command: str, arguments: list[str], argv: list[str]) -> None:
+    """Refuses an unknown command and the flags a command cannot run without."""
+    if command not in COMMANDS or (arguments and command != "classify"):
+        raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
+                    f"{', '.join(COMMANDS)}")
+    if not FLAGS.workdir and command != "floor":
+        raise_usage("--workdir is required (where checkpoints and outputs go)")
+    if command == "floor" and FLAGS.config is None:
+        raise_usage("floor needs --config path.py[:variant] (its data and metrics sections)")
+
+
 def main(argv) -> None:
     configure_logging()
-    from common_jax import parallel
-    from common_jax.errors import UserError
     from common_jax.loop import TrainingDiverged
 
     command = argv[1] if len(argv) > 1 else "train"
     arguments = argv[2:]  # only classify takes any: the image files
     try:
-        if command not in COMMANDS or (arguments and command != "classify"):
-            raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
-                        f"{', '.join(COMMANDS)}")
-        if not FLAGS.workdir and command != "floor":
-            raise_usage("--workdir is required (where checkpoints and outputs go)")
-        parallel.maybe_initialize_distributed()
-        if command == "classify":
+        check_command(command, arguments, argv)
+        trainer = checked_trainer() if command == "train" else None
+        start_jax(command)
+        if command == "train":
+            run_train(trainer)
+        elif command == "classify":
             run_classify(arguments)
         else:
-            {"train": run_train, "sample": run_sample, "eval": run_eval,
-             "floor": run_floor}[command]()
+            {"sample": run_sample, "eval": run_eval, "floor": run_floor}[command]()
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error))
+
+
+# ----------------------------------------------------------------------------- flag parsing
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (app.run's flags_parser), with each mistake reported as one line
+    "error: ..." and exit status 2 instead of a traceback or absl's usage text.
+
+    ml_collections loads the --config file and applies the --config.<key> overrides while absl
+    parses the flags, before main: a missing file only fails later, on first use of the config;
+    an unknown key raises AttributeError; config files raise UserError for unknown variants.
+    """
+    try:
+        check_config_file(argv)
+        return FLAGS(argv)
+    except UserError as error:
+        fail(str(error))
+    except (AttributeError, KeyError):
+        message = unknown_override_message(argv)
+        if message is None:  # not an override naming no key: a bug, keep its traceback
+            raise
+        fail(message)
+    except flags.Error as error:
+        fail(flag_error_message(error))
+
+
+def config_argument(argv: list[str]) -> str | None:
+    """The value of the last --config in argv (flag files expanded as absl does), or None."""
+    args = FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+    value = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        match = re.fullmatch(r"--?config(?:=(.*))?", arg, re.DOTALL)
+        if match:
+            value = match.group(1) if match.group(1) is not None else (
+                args[i + 1] if i + 1 < len(args) else None)
+    return value
+
+
+def override_keys(argv: list[str]) -> list[str]:
+    """The dotted keys of the --config.<key>=... (and --noconfig.<key>) flags, in order."""
+    args = FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+    matches = (re.match(r"--?(?:no)?config\.([^=]+)", arg) for arg in args)
+    return [match.group(1) for match in matches if match]
+
+
+def check_config_file(argv: list[str]) -> None:
+    """Refuses a --config file that does not exist, suggesting close names in its folder."""
+    spec = config_argument(argv)
+    if spec is None:
+        return
+    path = spec.split(":", 1)[0]
+    if os.path.isfile(path):
+        return
+    folder = os.path.dirname(path)
+    close = difflib.get_close_matches(os.path.basename(path), config_files(folder or "."), n=3)
+    if close:
+        fix = "did you mean " + " or ".join(os.path.join(folder, n) for n in close) + "?"
+    else:
+        folders = " or ".join(f"{os.path.relpath(ROOT / f)}/" for f in CONFIG_FOLDERS)
+        fix = f"give --config one of the config files in {folders}"
+    raise UserError(f"config file '{path}' not found; {fix}")
+
+
+def config_files(folder: str) -> list[str]:
+    """The names of the config files in `folder`: .py files with a get_config (not dcgan_base)."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
+    return [n for n in names if "def get_config(" in Path(folder, n).read_text(errors="replace")]
+
+
+def unknown_override_message(argv: list[str]) -> str | None:
+    """The one line naming the first --config.<key> the config lacks, None if there is none."""
+    from common_jax.config_utils import check_keys
+
+    config = FLAGS["config"].parser.parse(config_argument(argv))
+    try:
+        check_keys(config, override_keys(argv))
+    except UserError as error:
+        return str(error)
+    return None
+
+
+def flag_error_message(error: Exception) -> str:
+    """absl's message for a bad flag as one line; a longer one (a config file that raised) is
+    printed in full first, since its traceback is what locates the mistake."""
+    message = str(error).strip()
+    if "\n" in message:
+        print(message, file=sys.stderr)
+        return ("the flags could not be parsed (details above); fix the config file or flag "
+                "named there")
+    return f"{message}; python train.py --helpshort lists the flags"
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import ml_collections
 
+from common_jax.errors import UserError
+
 VARIANTS = ("basic", "smoke")
 # ../shared/data next to the project: real data for development (absent elsewhere)
 SHARED_DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
@@ -88,13 +90,17 @@ def steps_for(epochs: float, num_examples: int, batch_size: int) -> int:
 
 
 def with_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
-    """Applies "+"-separated variants (see the module docstring) in the order given."""
+    """Applies "+"-separated variants (see the module docstring) in the order given.
+
+    An unknown name is a UserError: train.py prints it as one line while parsing --config
+    (ml_collections would bury a ValueError in a traceback)."""
     for name in (variant or "").split("+"):
         if not name:
             continue
         if name not in VARIANTS:
-            raise ValueError(f"unknown variant '{name}'; classifier configs have: "
-                             f"{', '.join(VARIANTS)} (combine with '+')")
+            raise UserError(f"unknown config variant '{name}'; classifier configs have: "
+                            f"{', '.join(VARIANTS)}; put them after the ':' in --config, "
+                            "combined with '+' (e.g. mnist.py:basic+smoke), or leave it out")
         c = {"basic": basic, "smoke": smoke}[name](c)
     return c
 

@@ -2,6 +2,10 @@
 
 import ml_collections
 
+from common_jax.errors import UserError
+
+VARIANTS = ("smoke",)
+
 
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -85,11 +89,17 @@ def metrics_config() -> ml_collections.ConfigDict:
 
 
 def with_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
-    """Applies a named variant to an experiment's config (only `smoke` so far)."""
+    """Applies a named variant to an experiment's config (only `smoke` so far).
+
+    An unknown name is a UserError rather than a ValueError: ml_collections would wrap a
+    ValueError in a traceback while train.py parses --config, where a UserError passes through
+    to be printed as one line."""
     if variant == "smoke":
         return smoke(c)
     if variant:
-        raise ValueError(f"unknown variant '{variant}'; DCGAN configs have: smoke")
+        raise UserError(f"unknown config variant '{variant}'; DCGAN configs have: "
+                        f"{', '.join(VARIANTS)}; put one after the ':' in --config "
+                        "(e.g. dcgan_mnist.py:smoke) or leave the ':' out")
     return c
 
 
