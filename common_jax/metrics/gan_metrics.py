@@ -30,14 +30,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from common_jax import parallel
 from common_jax.errors import UserError
 from common_jax.metrics import frechet_distance
 from common_jax.metrics import inception as inception_lib
 
-AXIS = "data"
 METRICS = ("fid", "kid", "is", "pr")
 
 # ----------------------------------------------------------------------------------------------
@@ -81,12 +79,8 @@ def take(images: Iterable | np.ndarray, num: int) -> Iterator[np.ndarray]:
             return
 
 
-@functools.lru_cache(maxsize=16)
-def _sharded_forward(module, devices: tuple, preprocess: Callable | None,
-                     outputs: tuple[str, ...] | None) -> tuple[Callable, Mesh]:
-    """Compiled-once function: (variables, batch split over the mesh) -> outputs."""
-    mesh = Mesh(np.array(devices), (AXIS,))
-
+def _per_device(module, preprocess: Callable | None, outputs: tuple[str, ...] | None):
+    """The network's forward pass on one device's slice of a batch."""
     def per_device(variables, images):
         x = preprocess(images) if preprocess is not None else images
         out = module.apply(variables, x)
@@ -94,8 +88,7 @@ def _sharded_forward(module, devices: tuple, preprocess: Callable | None,
             out = {k: out[k] for k in outputs}
         return out
 
-    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
-    return jax.jit(sharded), mesh
+    return per_device
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -110,20 +103,21 @@ def iter_features(module, params, images: Iterable | np.ndarray, *, batch_size: 
     """Yields the network's outputs (NumPy, float32) for each batch of `batch_size` images.
 
     `module.apply(params, preprocess(batch))` runs under jit + shard_map over `devices`
-    (default: this process's devices). Every batch, the last one included, is zero-padded to
-    the same size, a multiple of the device count, so it compiles once; the padding rows are
-    dropped. `outputs` picks keys of a dict output. One batch is in flight while the previous
-    one is copied back, so the host overlaps with the devices.
+    (default: this process's devices; `parallel.DataParallel.forward`). Every batch, the last
+    one included, is zero-padded to the same size, a multiple of the device count, so it
+    compiles once; the padding rows are dropped. `outputs` picks keys of a dict output. One
+    batch is in flight while the previous one is copied back, so the host overlaps with the
+    devices.
     """
-    devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
-    forward, mesh = _sharded_forward(module, devices, preprocess,
-                                     tuple(outputs) if outputs is not None else None)
-    padded = -(-batch_size // len(devices)) * len(devices)
-    split = NamedSharding(mesh, P(AXIS))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
+    dp = parallel.DataParallel(devices=devices if devices is not None else jax.local_devices())
+    outputs = tuple(outputs) if outputs is not None else None
+    forward = dp.forward(_per_device(module, preprocess, outputs),
+                         key=("features", module, preprocess, outputs))
+    padded = dp.round_up(batch_size)
+    params = dp.put_replicated(params)
     pending = None
     for chunk in _rebatch(images, batch_size):
-        result = forward(params, jax.device_put(_pad_rows(chunk, padded), split))
+        result = forward(params, dp.put_split(_pad_rows(chunk, padded)))
         if pending is not None:
             yield _to_host(*pending)
         pending = (result, len(chunk))
