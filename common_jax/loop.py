@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from common_jax import config_utils
 from common_jax import data as data_lib
 from common_jax.checkpoint import Checkpointer
 from common_jax.errors import UserError
@@ -100,6 +101,8 @@ class Task:
     resumable: frozenset[str] = frozenset()
     # (saved state restored without a target, meta) -> state, for checkpoints of another tree
     migrate: Callable[[Any, dict], Any] | None = None
+    # dotted config key -> its valid values, checked before any data is read
+    choices: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
 
 def single_stage(config: ml_collections.ConfigDict, train_step: Callable) -> list[Stage]:
@@ -249,6 +252,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
     """Trains `task` to ``config.num_steps`` in `workdir`, resuming if it holds a checkpoint."""
     workdir = Path(workdir).resolve()
     primary = jax.process_index() == 0
+    config_utils.check_choices(config, task.choices)  # train.py checked them too; Python
+    config_utils.check_counts(config)  # callers get the same one-line errors
 
     # ---- devices and data --------------------------------------------------------------
     dp = DataParallel(config.parallel)

@@ -426,6 +426,7 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
         plot_metrics=("loss", "eval_loss"),
         summary=summary,
         resumable=RESUMABLE,
+        choices=CONFIG_CHOICES,
     )
 
 

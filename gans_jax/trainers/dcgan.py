@@ -26,8 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from common_jax import activations, loop, parallel
 from common_jax import data as data_lib
@@ -329,6 +327,7 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
         plot_metrics=("d_loss", "g_loss"),
         summary=summary,
         resumable=RESUMABLE,
+        choices=CONFIG_CHOICES,
     )
 
 
