@@ -10,15 +10,47 @@ DEMO_WORKDIR ?= runs/dcgan_fashion_mnist
 TCMALLOC := /usr/lib/*/libtcmalloc_minimal.so.4
 RUN = LD_PRELOAD="$$(ls $(TCMALLOC) 2>/dev/null | head -n 1)" $(PY)
 
-.PHONY: venv demo test test-slow lint fashion-mnist tcmalloc clean bench
+.PHONY: venv lock demo test test-slow lint fashion-mnist tcmalloc clean bench
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock holds for one machine type and Python ("# platform:" line, e.g.
+# x86_64-Linux-3.11); this prints the tag of the Python it is given.
+PLATFORM_TAG := -c 'import platform as p, sys; \
+  print(p.machine(), p.system(), "%d.%d" % sys.version_info[:2], sep="-")'
+
+# The exact versions of requirements.lock, then the project itself without resolving again; on
+# another platform or Python, the newest releases pyproject.toml's ranges allow.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	@if grep -qx "# platform: $$($(PY) $(PLATFORM_TAG))" requirements.lock; then \
+	  echo "installing the pinned versions of requirements.lock"; \
+	  $(PY) -m pip install --quiet -r requirements.lock && \
+	  $(PY) -m pip install --quiet --no-deps -e .; \
+	else \
+	  echo "requirements.lock is for $$(sed -n 's/^# platform: //p' requirements.lock), not" \
+	    "$$($(PY) $(PLATFORM_TAG)): installing from the ranges of pyproject.toml"; \
+	  $(PY) -m pip install --quiet -e ".[test]"; \
+	fi
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Regenerates requirements.lock: the newest releases pyproject.toml's ranges allow (with
+# ".[test]"), installed into a fresh temporary venv and frozen, for this platform and Python.
+# Run `make clean venv` afterwards to install them.
+lock:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip && \
+	"$$tmp/venv/bin/python" -m pip install --quiet -e ".[test]" && \
+	{ echo '# Exact versions of everything `pip install -e ".[test]"` installs, frozen from a'; \
+	  echo '# fresh venv by `make lock`; `make venv` installs them. Only for the platform below'; \
+	  echo '# (machine, OS, Python: tensorflow-cpu has x86_64 wheels only); elsewhere `make venv`'; \
+	  echo '# installs from the ranges of pyproject.toml, which library users get too.'; \
+	  echo "# platform: $$("$$tmp/venv/bin/python" $(PLATFORM_TAG))"; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude gans-jax; } > "$$tmp/lock" && \
+	mv "$$tmp/lock" requirements.lock && \
+	echo "requirements.lock: $$(grep -c '==' requirements.lock) pins for $$(sed -n 's/^# platform: //p' requirements.lock)"
 
 # The demo's data: the Debian package of Fashion-MNIST when it can be installed (else TFDS).
 fashion-mnist:
