@@ -258,3 +258,13 @@ def test_allocator_refuses_unknown_work():
 
     with pytest.raises(SystemExit):
         allocator.parse_args(["--work", "train:no_such_model"])
+
+
+def test_compare_runs_counts_bitwise_equal_leaves():
+    from benchmarks.compare_runs import compare
+
+    a = {"g": {"w": np.ones((2, 2), np.float32)}, "step": np.int32(3)}
+    assert compare(a, a)[:2] == (2, 2)
+    b = {"g": {"w": np.ones((2, 2), np.float32) + 1e-7}, "step": np.int32(3)}
+    equal, total, lines = compare(a, b)
+    assert (equal, total) == (1, 2) and "['g']['w']: max |difference|" in lines[0]
