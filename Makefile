@@ -37,7 +37,8 @@ venv: $(VENV)/.installed
 
 # Regenerates requirements.lock: the newest releases pyproject.toml's ranges allow (with
 # ".[test]"), installed into a fresh temporary venv and frozen, for this platform and Python.
-# Run `make clean venv` afterwards to install them.
+# `make venv` then installs them (the venv's stamp is older than the lock); packages dropped
+# from the lock stay until the venv is rebuilt (rm -rf .venv).
 lock:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
