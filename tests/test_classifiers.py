@@ -371,7 +371,7 @@ def test_wrong_number_of_class_names_is_refused(digits, tmp_path):
 def test_variants_combine_and_unknown_ones_are_refused():
     c = mnist.get_config("basic+smoke")
     assert c.model.arch == "basic" and c.model.width == 4 and c.optimizer.name == "adam"
-    with pytest.raises(ValueError, match="basic, smoke"):
+    with pytest.raises(UserError, match="basic, smoke"):
         mnist.get_config("huge")
 
 

@@ -58,7 +58,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9  # adam/adamw
     c.optimizer.b2 = 0.999
     c.optimizer.weight_decay = 5e-4  # L2 (sgd, adam) or decoupled (adamw); kernels only
-    c.optimizer.schedule = "cosine"  # constant, cosine (after warmup), onecycle (linear)
+    c.optimizer.schedule = "cosine"  # constant, linear_decay, cosine (after warmup), onecycle
     c.optimizer.warmup_steps = 0  # constant/cosine: linear warmup from 0
     c.optimizer.pct_start = 0.25  # onecycle: share of the steps spent rising to the peak
     c.optimizer.start_lr_fraction = 0.1  # onecycle: first lr as a fraction of the peak

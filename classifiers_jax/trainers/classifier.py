@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from classifiers_jax.models.cnn import CNN, HEADS, BasicCNN, FastCIFARNet
-from common_jax import activations, loop, parallel
+from common_jax import activations, loop, optim, parallel
 from common_jax import data as data_lib
 from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
 from common_jax.errors import UserError
@@ -39,8 +39,7 @@ from common_jax.state import NetState, apply_gradients, create_net_state
 log = logging.getLogger(__name__)
 
 ARCHS = ("basic", "cnn", "fast")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "onecycle")
+OPTIMIZERS, SCHEDULES = optim.OPTIMIZERS, optim.SCHEDULES
 TOP_K = 5
 # Every enumerated option -> its valid values, taken from the constants the code checks against
 # so that they cannot drift apart; train.py and the training loop refuse other values at
@@ -95,23 +94,12 @@ def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Learning rate per step: constant, cosine (with warmup), a linear one-cycle, or any other
     schedule of `common_jax.optim.SCHEDULES`."""
-    from common_jax import optim
-
     return optim.make_schedule(config.optimizer, config.num_steps)
-
-
-def _decay_mask(params):
-    from common_jax import optim
-
-    # Weight decay on kernels only: decaying biases and batch-norm scales only hurts.
-    return optim.decay_mask(params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD (momentum, Nesterov; L2 weight decay) or Adam (L2) or AdamW (decoupled decay), with
     the optional frozen parameters and learning-rate multipliers of `common_jax.optim`."""
-    from common_jax import optim
-
     return optim.make_optimizer(config.optimizer, config.num_steps)
 
 
