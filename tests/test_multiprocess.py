@@ -1,7 +1,7 @@
 """Multi-process data parallelism: 2 processes x 4 CPU devices (jax.distributed, gloo
 collectives, one coordinator on 127.0.0.1) compute what 1 process x 8 devices computes on the
-same global batches: `DataParallel` steps, and `train.py` end to end, whose checkpoints resume
-in the other process count."""
+same global batches: `DataParallel` steps (and a flag every process agrees on), and `train.py`
+end to end, whose checkpoints resume in the other process count."""
 
 import json
 import os
@@ -91,14 +91,18 @@ try:
     pmap = "accepted"
 except UserError as error:
     pmap = str(error)
-print(json.dumps({"share": share, "losses": losses, "w": np.asarray(local).tolist(),
-                  "local": local.devices() == {jax.local_devices()[0]}, "pmap": pmap,
-                  "global": not state["w"].is_fully_addressable}))
+stop = parallel.any_process(jax.process_index() == jax.process_count() - 1)
+result = {"share": share, "stop": stop, "losses": losses, "w": np.asarray(local).tolist(),
+          "local": local.devices() == {jax.local_devices()[0]}, "pmap": pmap,
+          "global": not state["w"].is_fully_addressable}
+print("RESULT", json.dumps(result))
 """
 
 
 def last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])  # gloo prints its connections first
+    # gloo prints its connections on stdout too, from C++, in any order with ours
+    (line,) = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT "))
 
 
 def test_data_parallel_steps_in_two_processes_equal_one():
@@ -106,6 +110,7 @@ def test_data_parallel_steps_in_two_processes_equal_one():
     (one,) = [last_json(out) for out in launch([sys.executable, "-c", STEPS], processes=1)]
     assert [r["share"] for r in two] == [8, 8] and one["share"] == 16
     assert all(r["global"] and r["local"] for r in two) and not one["global"]
+    assert [r["stop"] for r in two] == [True, True]  # the last process's flag reaches both
     for result in two:
         np.testing.assert_allclose(result["losses"], one["losses"], rtol=1e-6)
         np.testing.assert_allclose(result["w"], one["w"], rtol=1e-6)
