@@ -35,7 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common_jax import config_utils
+from common_jax import config_utils, parallel
 from common_jax import data as data_lib
 from common_jax.checkpoint import Checkpointer
 from common_jax.errors import UserError
@@ -130,7 +130,8 @@ class StopSignal:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
 
     def __init__(self):
-        self.received: str | None = None
+        self.received: str | None = None  # the signal this process received
+        self.stopped = False  # the job stops: this process or another received one
         self._previous = {}
 
     def __enter__(self):
@@ -184,6 +185,19 @@ class Progress:
             self.bar.close()
 
 
+def stopping(step: int, stop: StopSignal, every: int = 10) -> bool:
+    """Whether the run stops before the next step. Across processes the decision is taken
+    together every `every` steps (a process that stopped alone would leave the others waiting
+    in the next step's collectives); one process decides alone, at once."""
+    if stop.stopped:
+        return True
+    if jax.process_count() == 1:
+        stop.stopped = stop.received is not None
+    elif step % every == 0:
+        stop.stopped = parallel.any_process(stop.received is not None)
+    return stop.stopped
+
+
 def is_due(step: int, every: int) -> bool:
     """Whether a periodic action runs after `step`; every = 0 means never."""
     return bool(every) and step % every == 0
@@ -229,13 +243,14 @@ class Streams:
         return {"streams": {name: {"examples": n} for name, n in self.consumed.items()}}
 
     def iterators(self, stage: Stage) -> dict[str, Iterator[dict[str, np.ndarray]]]:
-        """This process's batches of every stream of `stage`, from the current positions."""
+        """This process's rows of every stream's batches in `stage`, from the current positions
+        (every process follows one global order, so any process count reads the same data)."""
         count, index = jax.process_count(), jax.process_index()
         return {
             name: data_lib.make_train_iterator(
                 self.sources[name], batch_size=stream.batch_size // count,
                 image_size=stream.image_size, channels=stream.channels, seed=stream.seed,
-                start_example=self.consumed[name] // count, process_index=index,
+                start_example=self.consumed[name], process_index=index,
                 process_count=count, augment=stream.augment)
             for name, stream in stage.streams.items()}
 
@@ -324,7 +339,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
 
     try:
         with StopSignal() as stop:
-            while step < config.num_steps and not stop.received:
+            while step < config.num_steps and not stopping(step, stop):
                 index, stage_start = stage_at(task.stages, step)
                 stage = task.stages[index]
                 stage_end = (config.num_steps if index == len(task.stages) - 1
@@ -336,7 +351,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                 step_fn = dp.compile(stage.train_step)  # once per stage
                 iterators = streams.iterators(stage)
                 progress.images_per_step = stage.images_per_step
-                while step < stage_end and not stop.received:
+                while step < stage_end and not stopping(step, stop):
                     batch = streams.next_batch(stage, iterators)
                     device_state, device_metrics = step_fn(device_state, batch)
                     step += 1
@@ -356,7 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, task: Task) ->
                             task.periodic[name][1](dp.local_state(device_state), step, writer)
             if pending is not None:
                 finish_step(*pending)
-            stopped_by = stop.received
+            stopped_by = stop.received or ("another process" if stop.stopped else None)
         end_time = time.perf_counter()
         save(step, device_state)
         if stopped_by:

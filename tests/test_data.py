@@ -264,20 +264,23 @@ def test_resume_with_start_batch_matches_a_fresh_iterator_across_epochs():
             np.testing.assert_array_equal(x["image"], y["image"])
 
 
-def test_processes_read_disjoint_shards():
-    source = in_memory_source(21)
-    seen = []
-    for index in range(3):
-        batches = take(
-            make_train_iterator(
-                source, batch_size=7, image_size=4, channels=1, seed=0,
-                process_index=index, process_count=3,
-            ),
-            1,
-        )
-        seen.append(set(batches[0]["label"].tolist()))
-    assert all(len(s) == 7 for s in seen)
-    assert set.union(*seen) == set(range(21)) and sum(len(s) for s in seen) == 21
+def test_processes_read_their_rows_of_the_one_global_batch():
+    # 3 processes x 7 rows: together exactly the batches of one process reading 21 rows, with
+    # the same augmentation, across an epoch boundary (25 examples) and after resuming.
+    rng = np.random.RandomState(0)  # random pixels: crops and flips change the images
+    source = ImageSource(name="noise", images=rng.randint(0, 256, (25, 6, 6, 1), np.uint8),
+                         paths=None, labels=np.arange(25, dtype=np.int32), class_names=None)
+    kwargs = {"image_size": 6, "channels": 1, "seed": 5, "augment": "cifar"}
+    whole = take(make_train_iterator(source, batch_size=21, **kwargs), 3)
+    parts = [take(make_train_iterator(source, batch_size=7, process_index=i, process_count=3,
+                                      **kwargs), 3) for i in range(3)]
+    for step in range(3):
+        for key in ("label", "image"):
+            joined = np.concatenate([parts[i][step][key] for i in range(3)])
+            np.testing.assert_array_equal(joined, whole[step][key])
+    resumed = take(make_train_iterator(source, batch_size=7, process_index=2, process_count=3,
+                                       start_example=21, **kwargs), 2)
+    np.testing.assert_array_equal(resumed[0]["image"], parts[2][1]["image"])
 
 
 def test_in_memory_images_are_resized_and_converted():
@@ -364,11 +367,12 @@ def test_mixed_channels_are_converted(tmp_path, caplog):
     assert {int(to_uint8(img)[0, 0, 0]) for img in gray["image"]} == {60, luma, 90, 200}
 
 
-def test_batch_larger_than_the_shard(tmp_path):
+def test_batch_larger_than_the_data(tmp_path):
     source = in_memory_source(10)
-    with pytest.raises(UserError, match=r"batch of 8 .* the 5 examples"):
+    with pytest.raises(UserError, match=r"batch of 12 examples \(6 per process x 2 processes\)"
+                                        r" is larger than the 10 examples"):
         make_train_iterator(
-            source, batch_size=8, image_size=4, channels=1, seed=0,
+            source, batch_size=6, image_size=4, channels=1, seed=0,
             process_index=1, process_count=2,
         )
 

@@ -8,7 +8,11 @@ after the order is fixed. Each epoch's order is a stateless permutation seeded b
 batches, and resuming at batch ``k`` starts straight at the right epoch instead of replaying
 every earlier one. Augmentation (``augment="cifar"``: random crop of the image padded by 4
 reflected pixels, and a random horizontal flip) is seeded the same way, by ``(seed, position of
-the example in this process's stream)``, so it is resumable too.
+the example in the stream)``, so it is resumable too.
+
+In a job of several processes every process follows the same global order and loads only its
+rows of each global batch (process p of n: rows p*b to (p+1)*b of the n*b), so n processes feed
+the devices exactly the batches one process would, augmentation included.
 
 Images come out as float32 in [-1, 1] with the configured size and channel count.
 """
@@ -58,31 +62,32 @@ def make_train_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches {"image": float32 [B,S,S,C] in [-1, 1], "label": int32 [B]}.
 
-    `batch_size` is per process; process `i` of `n` reads examples i, i+n, i+2n, ... only.
-    Labels are -1 when the source has none. ``start_batch=k`` yields exactly batches k, k+1,
-    ... of a fresh iterator with the same arguments, which is how training resumes;
-    ``start_example=n`` skips the first n examples of this process's stream instead (streams
-    whose batch size changes between training stages resume by examples, not batches).
+    `batch_size` is per process: process `i` of `n` yields rows ``i*B .. (i+1)*B`` of every
+    global batch of ``n*B`` examples, loading only those. Labels are -1 when the source has
+    none. ``start_batch=k`` yields exactly batches k, k+1, ... of a fresh iterator with the same
+    arguments, which is how training resumes; ``start_example=m`` starts after the first m
+    examples of the global stream instead (streams whose batch size changes between training
+    stages resume by examples, not batches).
     `augment` is one of `AUGMENTATIONS`: "cifar" pads by `CROP_PADDING` reflected pixels, crops
     back to the image size at a random offset and flips half the images left-right.
     """
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augmentation '{augment}'; set --config.data.augment to one of "
                         f"{', '.join(AUGMENTATIONS)}")
-    shard_size = _validate(
-        source, batch_size=batch_size, image_size=image_size, channels=channels,
-        start_batch=start_batch, process_index=process_index, process_count=process_count,
-    )
+    _validate(source, batch_size=batch_size, image_size=image_size, channels=channels,
+              start_batch=start_batch, process_index=process_index,
+              process_count=process_count)
     if start_example < 0:
         raise ValueError(f"start_example must be >= 0, got {start_example}")
-    indices = _shuffled_indices(
-        num_examples=source.num_examples, shard_size=shard_size, seed=seed,
-        skip=start_batch * batch_size + start_example, process_index=process_index,
-        process_count=process_count,
-    )
+    global_batch = batch_size * process_count
+    indices = _shuffled_indices(num_examples=source.num_examples, seed=seed,
+                                skip=start_batch * global_batch + start_example)
+    if process_count > 1:
+        indices = _rows_of_process(indices, global_batch=global_batch, batch_size=batch_size,
+                                   process_index=process_index)
     load = _example_loader(source, image_size=image_size, channels=channels)
     crop, flip = AUGMENTATIONS[augment]
-    stream_seed = (seed % _MAX_SEED, process_index, process_count)
+    stream_seed = seed % _MAX_SEED
 
     def load_and_augment(position: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
         example = load(index)
@@ -99,11 +104,22 @@ def make_train_iterator(
     return ds.as_numpy_iterator()
 
 
+def _rows_of_process(indices: tf.data.Dataset, *, global_batch: int, batch_size: int,
+                     process_index: int) -> tf.data.Dataset:
+    """This process's rows of every global batch of (position, index) pairs."""
+    first = process_index * batch_size
+
+    def rows(positions: tf.Tensor, order: tf.Tensor):
+        return positions[first:first + batch_size], order[first:first + batch_size]
+
+    return indices.batch(global_batch, drop_remainder=True).map(rows).unbatch()
+
+
 def _validate(
     source: ImageSource, *, batch_size: int, image_size: int, channels: int,
     start_batch: int, process_index: int, process_count: int,
-) -> int:
-    """Checks the arguments; returns the number of examples in this process's shard."""
+) -> None:
+    """Checks the arguments."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if start_batch < 0:
@@ -113,18 +129,16 @@ def _validate(
     _validate_image_shape(image_size, channels)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}; set --config.batch_size")
-    shard_size = len(range(process_index, source.num_examples, process_count))
-    if batch_size > shard_size:
+    global_batch = batch_size * process_count
+    if global_batch > source.num_examples:
         # config.batch_size is the global batch: every process reads batch_size of it.
-        limit = f"at most {shard_size * process_count}"
-        if process_count > 1:
-            limit += f" ({shard_size} per process x {process_count} processes)"
+        detail = (f" ({batch_size} per process x {process_count} processes)"
+                  if process_count > 1 else "")
         raise UserError(
-            f"the batch of {batch_size} examples per process is larger than the {shard_size} "
-            f"examples this process reads from '{source.name}'; lower --config.batch_size to "
-            f"{limit} or use more data"
+            f"the batch of {global_batch} examples{detail} is larger than the "
+            f"{source.num_examples} examples of '{source.name}'; lower --config.batch_size to "
+            f"at most {source.num_examples} or use more data"
         )
-    return shard_size
 
 
 def _validate_image_shape(image_size: int, channels: int) -> None:
@@ -140,38 +154,33 @@ def _validate_image_shape(image_size: int, channels: int) -> None:
         )
 
 
-def _shuffled_indices(
-    *, num_examples: int, shard_size: int, seed: int, skip: int,
-    process_index: int, process_count: int,
-) -> tf.data.Dataset:
-    """Endless (position, example index) pairs of this shard, each epoch a fresh permutation.
+def _shuffled_indices(*, num_examples: int, seed: int, skip: int) -> tf.data.Dataset:
+    """Endless (position, example index) pairs, each epoch a fresh permutation.
 
-    Equivalent to range -> shard -> shuffle(shard size) -> repeat -> skip, except that the
-    permutation of epoch `e` is a pure function of (seed, e): skipping whole epochs costs
-    nothing, and TF's global seed (which `shuffle` would mix in) cannot change the order.
-    The position counts the examples this process has been given since the start (skipped ones
-    included), so it names one draw of one example, e.g. for augmentation.
+    Equivalent to range -> shuffle(all) -> repeat -> skip, except that the permutation of epoch
+    `e` is a pure function of (seed, e): skipping whole epochs costs nothing, and TF's global
+    seed (which `shuffle` would mix in) cannot change the order. The position counts the
+    examples of the stream since the start (skipped ones included), so it names one draw of one
+    example, e.g. for augmentation.
     """
-    first_epoch, offset = divmod(skip, shard_size)
+    first_epoch, offset = divmod(skip, num_examples)
     seed = seed % _MAX_SEED
 
     def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
-        shard = tf.range(process_index, num_examples, process_count, dtype=tf.int64)
+        examples = tf.range(num_examples, dtype=tf.int64)
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(shard, seed=key)
-        positions = epoch * shard_size + tf.range(shard_size, dtype=tf.int64)
+        order = tf.random.experimental.stateless_shuffle(examples, seed=key)
+        positions = epoch * num_examples + tf.range(num_examples, dtype=tf.int64)
         return tf.data.Dataset.from_tensor_slices((positions, order))
 
     epochs = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64)
     return epochs.flat_map(epoch_indices).skip(offset)
 
 
-def _augment_key(stream_seed: tuple[int, int, int], position: tf.Tensor) -> tf.Tensor:
-    """The stateless seed of one example draw: (seed, global position), then a stream id."""
-    seed, process_index, process_count = stream_seed
-    # Positions of different processes interleave, so every draw of every process differs.
-    draw = position * process_count + process_index
-    key = tf.stack([tf.constant(seed, tf.int64), draw])
+def _augment_key(seed: int, position: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of one example draw: (seed, position in the stream), then a stream
+    id."""
+    key = tf.stack([tf.constant(seed, tf.int64), position])
     return tf.random.experimental.stateless_fold_in(key, _AUGMENT_STREAM)
 
 
