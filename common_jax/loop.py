@@ -60,6 +60,7 @@ class Stream:
     split: str = "train"
     augment: str = "none"  # a name in `common_jax.data.AUGMENTATIONS`
     seed: int = 0  # the order of its examples and its augmentation draws
+    load_size: int | None = None  # "resize_crop*" augmentations: loaded at this size, cropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +252,7 @@ class Streams:
                 self.sources[name], batch_size=stream.batch_size // count,
                 image_size=stream.image_size, channels=stream.channels, seed=stream.seed,
                 start_example=self.consumed[name], process_index=index,
-                process_count=count, augment=stream.augment)
+                process_count=count, augment=stream.augment, load_size=stream.load_size)
             for name, stream in stage.streams.items()}
 
     def next_batch(self, stage: Stage, iterators: dict) -> Any:

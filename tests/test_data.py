@@ -615,3 +615,21 @@ def test_tfds_cifar100_coarse_labels(caplog):
     assert coarse.labels.max() < 20
     with pytest.raises(UserError, match="no 'coarse_label' feature.*label_mode to fine"):
         load_source(data_cfg(tfds_name="mnist", label_mode="coarse"))
+
+
+def test_resize_crop_loads_larger_and_crops_random_windows():
+    rng = np.random.RandomState(1)
+    source = ImageSource(name="noise", images=rng.randint(0, 256, (8, 6, 6, 1), np.uint8),
+                         paths=None, labels=np.arange(8, dtype=np.int32), class_names=None)
+    kwargs = {"batch_size": 8, "image_size": 6, "channels": 1, "seed": 0}
+    plain = take(make_train_iterator(source, **kwargs), 1)[0]
+    jittered = take(make_train_iterator(source, augment="resize_crop", load_size=9, **kwargs),
+                    1)[0]
+    assert jittered["image"].shape == (8, 6, 6, 1)
+    assert not np.allclose(jittered["image"], plain["image"])  # windows of a 9x9 resize
+    again = take(make_train_iterator(source, augment="resize_crop", load_size=9, **kwargs), 1)[0]
+    np.testing.assert_array_equal(again["image"], jittered["image"])  # seeded: resumable
+    same = take(make_train_iterator(source, augment="resize_crop", load_size=6, **kwargs), 1)[0]
+    np.testing.assert_array_equal(same["image"], plain["image"])  # nothing to crop
+    with pytest.raises(UserError, match="load size 4 is smaller than the 6-pixel crop"):
+        make_train_iterator(source, augment="resize_crop_flip", load_size=4, **kwargs)

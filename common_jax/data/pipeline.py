@@ -42,7 +42,11 @@ except (RuntimeError, ValueError):
 _MAX_SEED = 2**63  # stateless ops take int64 seeds
 # Augmentations by name: (random crop after padding, random horizontal flip).
 AUGMENTATIONS = {"none": (False, False), "flip": (False, True), "crop": (True, False),
-                 "cifar": (True, True)}
+                 "cifar": (True, True), "resize_crop": (True, False),
+                 "resize_crop_flip": (True, True)}
+# Augmentations that load the image at `load_size` and crop a random image_size square of it
+# (the pix2pix/CycleGAN "resize and crop" jitter); the others pad by CROP_PADDING instead.
+RESIZE_CROPS = ("resize_crop", "resize_crop_flip")
 CROP_PADDING = 4  # pixels added on each side before the random crop (the usual CIFAR setting)
 _AUGMENT_STREAM = 0x5EED  # folded into the augmentation seed: its numbers differ from the shuffle's
 
@@ -59,6 +63,7 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     augment: str = "none",
+    load_size: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches {"image": float32 [B,S,S,C] in [-1, 1], "label": int32 [B]}.
 
@@ -69,11 +74,19 @@ def make_train_iterator(
     examples of the global stream instead (streams whose batch size changes between training
     stages resume by examples, not batches).
     `augment` is one of `AUGMENTATIONS`: "cifar" pads by `CROP_PADDING` reflected pixels, crops
-    back to the image size at a random offset and flips half the images left-right.
+    back to the image size at a random offset and flips half the images left-right;
+    "resize_crop(_flip)" loads images at `load_size` (>= image_size) and crops a random
+    image_size square (then flips half of them).
     """
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augmentation '{augment}'; set --config.data.augment to one of "
                         f"{', '.join(AUGMENTATIONS)}")
+    resize_crop = augment in RESIZE_CROPS
+    load_size = load_size or image_size
+    if resize_crop and load_size < image_size:
+        raise UserError(f"the load size {load_size} is smaller than the {image_size}-pixel crop; "
+                        f"set the load size (e.g. --config.data.load_size) to {image_size} or "
+                        "more")
     _validate(source, batch_size=batch_size, image_size=image_size, channels=channels,
               start_batch=start_batch, process_index=process_index,
               process_count=process_count)
@@ -85,7 +98,8 @@ def make_train_iterator(
     if process_count > 1:
         indices = _rows_of_process(indices, global_batch=global_batch, batch_size=batch_size,
                                    process_index=process_index)
-    load = _example_loader(source, image_size=image_size, channels=channels)
+    load = _example_loader(source, image_size=load_size if resize_crop else image_size,
+                           channels=channels)
     crop, flip = AUGMENTATIONS[augment]
     stream_seed = seed % _MAX_SEED
 
@@ -93,7 +107,8 @@ def make_train_iterator(
         example = load(index)
         if crop or flip:
             key = _augment_key(stream_seed, position)
-            example["image"] = _augment(example["image"], key, crop=crop, flip=flip)
+            example["image"] = _augment(example["image"], key, crop=crop, flip=flip,
+                                        crop_size=image_size if resize_crop else None)
         return example
 
     ds = (
@@ -184,10 +199,15 @@ def _augment_key(seed: int, position: tf.Tensor) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(key, _AUGMENT_STREAM)
 
 
-def _augment(image: tf.Tensor, key: tf.Tensor, *, crop: bool, flip: bool) -> tf.Tensor:
-    """Random crop of the reflect-padded image and/or a random left-right flip."""
+def _augment(image: tf.Tensor, key: tf.Tensor, *, crop: bool, flip: bool,
+             crop_size: int | None = None) -> tf.Tensor:
+    """A random crop and/or a random left-right flip. The crop is a `crop_size` square of the
+    image when given, else an image-sized window of the image padded by reflection."""
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-    if crop:
+    if crop and crop_size is not None:
+        size = [crop_size, crop_size, image.shape[-1]]
+        image = tf.image.stateless_random_crop(image, size, seed=crop_key)
+    elif crop:
         # Reflection (not zeros) keeps the border statistics of real images.
         size = image.shape
         pad = min(CROP_PADDING, size[0] - 1, size[1] - 1)  # REFLECT needs pad < size
