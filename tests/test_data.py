@@ -633,3 +633,60 @@ def test_resize_crop_loads_larger_and_crops_random_windows():
     np.testing.assert_array_equal(same["image"], plain["image"])  # nothing to crop
     with pytest.raises(UserError, match="load size 4 is smaller than the 6-pixel crop"):
         make_train_iterator(source, augment="resize_crop_flip", load_size=4, **kwargs)
+
+
+# ----------------------------------------------------------------------------- unpaired domains
+
+
+def _write_domains(root: Path, counts: dict[str, int]) -> None:
+    for domain, n in counts.items():
+        (root / domain).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            write_image(root / domain / f"{i}.png", (i * 10, 0, 0))
+
+
+def test_domain_subfolders_are_splits(tmp_path):
+    _write_domains(tmp_path / "horse2zebra", {"trainA": 3, "trainB": 2, "testA": 1, "testB": 1})
+    cfg = data_cfg(path=str(tmp_path))
+    counts = {s: load_source(cfg, split=s).num_examples
+              for s in ("trainA", "trainB", "testA", "testB")}
+    assert counts == {"trainA": 3, "trainB": 2, "testA": 1, "testB": 1}
+    train_a = load_source(cfg, split="trainA")
+    assert train_a.labels is None and all("/trainA/" in p for p in train_a.paths)
+
+
+def test_domain_archive_and_domain_folder_itself(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path / "cache"))
+    _write_domains(tmp_path / "apple2orange", {"trainA": 2, "trainB": 4})
+    archive = tmp_path / "apple2orange.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "apple2orange", arcname="apple2orange")
+    assert load_source(data_cfg(path=str(archive)), split="trainB").num_examples == 4
+    # data.path naming the domain folder itself, or a flat folder: all of it.
+    own = data_cfg(path=str(tmp_path / "apple2orange" / "trainA"))
+    assert load_source(own, split="trainA").num_examples == 2
+
+
+def test_other_subfolder_names_still_split_by_aliases_or_labels(tmp_path):
+    for split in ("train", "val"):
+        write_image(tmp_path / "data" / split / "cat" / "0.png", 1, mode="L")
+        write_image(tmp_path / "data" / split / "dog" / "0.png", 1, mode="L")
+    validation = load_source(data_cfg(path=str(tmp_path / "data")), split="validation")
+    assert validation.class_names == ["cat", "dog"] and validation.labels.tolist() == [0, 1]
+    whole = load_source(data_cfg(path=str(tmp_path / "data" / "train")), split="test")
+    assert whole.num_examples == 2  # class folders, no split folders: all of it, as before
+
+
+def test_missing_domain_folder_lists_the_subfolders(tmp_path):
+    _write_domains(tmp_path, {"trainA": 1, "trainB": 1})
+    with pytest.raises(UserError, match=r"no 'testA' folder \(its subfolders: trainA, trainB\); "
+                                        r"set the split"):
+        load_source(data_cfg(path=str(tmp_path)), split="testA")
+
+
+def test_empty_domain_folder_is_named(tmp_path):
+    _write_domains(tmp_path, {"trainA": 1, "trainB": 0})
+    (tmp_path / "trainB" / "notes.txt").write_text("no images")
+    with pytest.raises(UserError, match=r"'trainB' folder of .* has no images; add images to it "
+                                        r"or set the split to one of trainA"):
+        load_source(data_cfg(path=str(tmp_path)), split="trainB")

@@ -5,6 +5,10 @@ folders and archives.
 (idx files, CIFAR pickles, TFDS) or a sorted list of image files read lazily by the pipeline
 (image folders, ``.tar.gz`` archives of them). Every problem the user can fix raises `UserError`
 naming the fix.
+
+A split of an image folder is one of its subfolders: ``train``/``test``/``validation`` (and
+their aliases), or any other subfolder by name, such as the unpaired domains ``trainA``,
+``trainB``, ``testA`` and ``testB`` of the CycleGAN data sets.
 """
 
 from __future__ import annotations
@@ -116,9 +120,10 @@ def _load_path(path: Path, *, split: str, labels_from_subfolders: bool,
     if cifar_kind is not None:
         return _load_cifar_python(root, kind=cifar_kind, split=split, label_mode=label_mode,
                                   shown=shown)
-    root = _split_folder(root, split=split, shown=shown)
+    split_root = _split_folder(root, split=split, shown=shown)
+    _check_split_has_images(root, split_root, split=split, shown=shown)
     return _load_image_folder(
-        root, shown=shown, split=split, labels_from_subfolders=labels_from_subfolders
+        split_root, shown=shown, split=split, labels_from_subfolders=labels_from_subfolders
     )
 
 
@@ -144,18 +149,60 @@ def _skip_wrapper_folders(folder: Path) -> Path:
 
 
 def _split_folder(folder: Path, *, split: str, shown: str) -> Path:
-    """The subfolder holding `split` when the folder is laid out as train/, test/, ..."""
-    names = {p.name for p in _visible_entries(folder) if p.is_dir()}
-    found = sorted(names & {n for aliases in SPLIT_FOLDERS.values() for n in aliases})
+    """The subfolder holding `split`: one named like it (any name, e.g. the domain "trainA"),
+    else one of the split's aliases when the folder is laid out as train/, test/, ..."""
+    subfolders = sorted(p.name for p in _visible_entries(folder) if p.is_dir())
+    if split in subfolders:
+        return _skip_wrapper_folders(folder / split)
+    if split not in SPLIT_FOLDERS:
+        return _domain_folder_fallback(folder, split=split, shown=shown, subfolders=subfolders)
+    found = sorted(set(subfolders) & {n for aliases in SPLIT_FOLDERS.values() for n in aliases})
     if not found:
         log.info("'%s' has no split subfolders; using all of it for split '%s'", shown, split)
         return folder
-    for name in SPLIT_FOLDERS.get(split, (split,)):
-        if name in names:
+    for name in SPLIT_FOLDERS[split]:
+        if name in subfolders:
             return _skip_wrapper_folders(folder / name)
     raise UserError(
         f"'{shown}' has split folders {found} but none for split '{split}'; "
         f"set --config.data.split to one of {found} or add a '{split}' folder"
+    )
+
+
+def _domain_folder_fallback(folder: Path, *, split: str, shown: str,
+                            subfolders: list[str]) -> Path:
+    """The folder itself for a split name it has no subfolder for, when that is unambiguous: a
+    flat folder of images, or the split's own folder (data.path pointing at ".../trainA")."""
+    if not subfolders or folder.name == split:
+        log.info("'%s' has no '%s' subfolder; using all of it for split '%s'", shown, split,
+                 split)
+        return folder
+    raise UserError(
+        f"'{shown}' has no '{split}' folder (its subfolders: {', '.join(subfolders)}); set the "
+        f"split in the config (data.split, or data.a.split / data.b.split) to one of them or "
+        f"add a '{split}' folder"
+    )
+
+
+def _has_images(folder: Path) -> bool:
+    """Whether any image file lies below `folder` (stops at the first one)."""
+    for _dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        if any(not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+               for f in filenames):
+            return True
+    return False
+
+
+def _check_split_has_images(root: Path, split_root: Path, *, split: str, shown: str) -> None:
+    """An empty split (domain) folder fails naming it and the splits that do exist."""
+    if split_root == root or _has_images(split_root):
+        return
+    others = [p.name for p in _visible_entries(root) if p.is_dir() and p != split_root]
+    hint = f"or set the split to one of {', '.join(others)}" if others else "or another path"
+    raise UserError(
+        f"the '{split}' folder of '{shown}' ({split_root.relative_to(root).as_posix()}) has no "
+        f"images; add images to it {hint}"
     )
 
 
