@@ -14,7 +14,8 @@ Three parts:
   original faces, whole and inside the mask, beside the same scores for the masked input and
   for classical inpainting that is given the mask (OpenCV's Telea method).
 
-CLI: ``python -m gans_jax.facemask build [--out DIR]`` and
+CLI: ``python -m gans_jax.facemask build [--out DIR]``,
+``python -m gans_jax.facemask examples --out grid.png`` (a PNG of held-out faces) and
 ``python -m gans_jax.facemask evaluate --workdir RUN [--domains DIR]``.
 """
 
@@ -915,6 +916,19 @@ def domains_for(config, given: str | None) -> Path:
     return default_domains_dir()
 
 
+def example_grid(domains_dir, *, num: int = 10, scale: int = 2) -> np.ndarray:
+    """uint8 RGB grid of `num` held-out faces spread over the set (its names start with the
+    emotion): rows original, masked, mask region, Telea inpainting; enlarged `scale` times
+    (nearest) so the pixels stay visible."""
+    held = load_heldout(domains_dir)
+    pick = np.linspace(0, len(held.names) - 1, min(num, len(held.names))).round().astype(int)
+    held = HeldOut([held.names[i] for i in pick], *(a[pick] for a in held[1:]))
+    regions = np.repeat(held.region[..., None], 3, axis=-1).astype(np.uint8) * 255
+    rows = [held.original, held.masked, regions, inpaint_telea(held.masked, held.region)]
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 
@@ -928,6 +942,11 @@ def run_build(args: argparse.Namespace) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"face-mask domains in {Path(args.out).expanduser()}: {counts}; "
           f"masks {manifest['mask_kinds']}")
+
+
+def run_examples(args: argparse.Namespace) -> None:
+    Image.fromarray(example_grid(args.domains, num=args.num)).save(args.out)
+    print(f"wrote {args.out}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -951,6 +970,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help=f"FER2013 archive or folder (default: ../shared/data/{SOURCE_NAME})")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--limit", type=int, default=None, help="faces per split (quick checks)")
+    examples = commands.add_parser("examples", help="a PNG grid of held-out faces: original, "
+                                   "masked, mask, Telea inpainting")
+    examples.add_argument("--domains", default=str(default_domains_dir()))
+    examples.add_argument("--out", default="facemask_examples.png")
+    examples.add_argument("--num", type=int, default=10)
     evaluate = commands.add_parser("evaluate", help="score a CycleGAN run as a mask remover")
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--domains", default=None,
@@ -965,7 +989,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        {"build": run_build, "evaluate": run_evaluate}[args.command](args)
+        {"build": run_build, "examples": run_examples,
+         "evaluate": run_evaluate}[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

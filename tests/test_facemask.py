@@ -281,3 +281,10 @@ def test_evaluate_cli_writes_the_table_into_summary(domains, tmp_path, monkeypat
     assert summary["facemask"]["domains"] == str(domains)  # the run's domain A build
     assert summary["facemask"]["rows"]["generator"] == summary["facemask"]["rows"]["masked_input"]
     assert "face-mask removal on 3 held-out faces" in capsys.readouterr().out
+
+
+def test_example_grid(domains, tmp_path):
+    out = tmp_path / "grid.png"
+    fm.main(["examples", "--domains", str(domains), "--out", str(out), "--num", "2"])
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (4 * 96, 2 * 96, 3)  # original, masked, mask, Telea; 2x enlarged
