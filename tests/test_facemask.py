@@ -288,3 +288,25 @@ def test_example_grid(domains, tmp_path):
     fm.main(["examples", "--domains", str(domains), "--out", str(out), "--num", "2"])
     grid = np.asarray(Image.open(out))
     assert grid.shape == (4 * 96, 2 * 96, 3)  # original, masked, mask, Telea; 2x enlarged
+
+
+def test_evaluate_cli_on_a_trained_cyclegan(tmp_path, capsys):
+    cyclegan = pytest.importorskip("gans_jax.trainers.cyclegan",
+                                   reason="the CycleGAN trainer is not in this tree")
+    cyclegan_base = pytest.importorskip("gans_jax.configs.cyclegan_base")
+
+    domains, workdir = tmp_path / "domains", tmp_path / "run"
+    fer = write_fer(tmp_path / "fer", {"train": 16, "test": 8})  # a batch for 8 devices
+    fm.build_domains(fer, domains, seed=0)
+    config = cyclegan_base.get_config("smoke")
+    for section in (config.data.a, config.data.b):
+        section.path, section.tfds_name = str(domains), ""
+    config.batch_size, config.num_steps, config.checkpoint_every = 8, 2, 2
+    config.sample_every = 2
+    cyclegan.train_and_evaluate(config, str(workdir))
+    fm.main(["evaluate", "--workdir", str(workdir), "--no_fid"])  # 16-pixel model, 48 faces
+    summary = json.loads((workdir / "summary.json").read_text())["facemask"]
+    assert summary["num_images"] == 4 and summary["domains"] == str(domains)
+    generator = summary["rows"]["generator"]
+    assert generator["mean_abs_change"] > 0 and np.isfinite(generator["ssim_mask"])
+    assert "generator G(masked)" in capsys.readouterr().out
