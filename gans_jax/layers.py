@@ -89,14 +89,47 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"unknown {what} '{value}'; choose one of {', '.join(choices)}")
 
 
-def conv_transpose_3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def conv_transpose_3x3(x: jax.Array, kernel: jax.Array, *, impl: str = "xla") -> jax.Array:
     """x [B, H, W, Cin], kernel [3, 3, Cin, Cout] -> [B, 2H, 2W, Cout].
 
     PyTorch's ``ConvTranspose2d(k=3, s=2, p=1, output_padding=1)``: output o = 2*i + k - 1,
     kept for 0 <= o < 2H. The dilated input is padded by k-1-p = 1 before and 1+1 after.
+    `impl` as for `conv_transpose_4x4`; "xla" is the default here ("subpixel" is opt-in).
     """
+    if impl == "auto":
+        impl = "subpixel" if jax.default_backend() == "cpu" else "xla"
+    if impl == "subpixel":
+        return _conv_transpose_3x3_subpixel(x, kernel)
+    if impl != "xla":
+        raise ValueError(f"unknown impl '{impl}'; use 'auto', 'xla' or 'subpixel'")
     return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2), ((1, 2), (1, 2)),
                                   dimension_numbers=_DIMS, transpose_kernel=True)
+
+
+# k3 s2 p1: even outputs 2m read input m through tap 1; odd outputs 2m+1 read inputs (m, m+1)
+# through taps (2, 0). Per phase, the tap of each of the two inputs (m, m+1); None: no tap.
+_PHASE_TAPS_3 = {0: (1, None), 1: (2, 0)}
+
+
+def _conv_transpose_3x3_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`conv_transpose_3x3` as one stride-1 2x2 convolution giving the four output phases as
+    channel groups, interleaved afterwards (the form XLA's CPU backend differentiates fast)."""
+    batch, height, width, _ = x.shape
+    cin, cout = kernel.shape[2:]
+    zero = jnp.zeros((cin, cout), kernel.dtype)
+
+    def tap(a: int, b: int, dy: int, dx: int) -> jax.Array:
+        ky, kx = _PHASE_TAPS_3[a][dy], _PHASE_TAPS_3[b][dx]
+        return zero if ky is None or kx is None else kernel[ky, kx]
+
+    phases = [jnp.stack([jnp.stack([tap(a, b, dy, dx) for dx in (0, 1)]) for dy in (0, 1)])
+              for a in (0, 1) for b in (0, 1)]  # each [2, 2, Cin, Cout]
+    stacked = jnp.concatenate(phases, axis=-1)  # [2, 2, Cin, 4 * Cout]
+    padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # input H, W past the edge: zero
+    y = jax.lax.conv_general_dilated(padded, stacked, (1, 1), "VALID",
+                                     dimension_numbers=_DIMS)  # [B, H, W, 4 * Cout]
+    y = y.reshape(batch, height, width, 2, 2, cout)  # phase (a, b) -> output (2m+a, 2n+b)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, cout)
 
 
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -145,6 +178,8 @@ class Upsample(nn.Module):
     features: int
     method: str = "transpose4"
     impl: str = "auto"  # transpose4 only; see conv_transpose_4x4
+    # transpose3's form; "xla" unless asked for (the CycleGAN passes its model.upsample_impl)
+    transpose3_impl: str = "xla"
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.02)
     dtype: jnp.dtype = jnp.float32
 
@@ -158,7 +193,7 @@ class Upsample(nn.Module):
             return conv_transpose_4x4(x, kernel.astype(self.dtype), impl=self.impl)
         if self.method == "transpose3":
             kernel = self.param("kernel", self.kernel_init, (3, 3, cin, self.features))
-            return conv_transpose_3x3(x, kernel.astype(self.dtype))
+            return conv_transpose_3x3(x, kernel.astype(self.dtype), impl=self.transpose3_impl)
         if self.method == "pixel_shuffle":
             kernel = self.param("kernel", icnr(self.kernel_init), (3, 3, cin, 4 * self.features))
             return depth_to_space(conv_same(x, kernel.astype(self.dtype)))
