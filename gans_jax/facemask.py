@@ -296,34 +296,45 @@ PATTERNS = {"plain": lambda canvas, u, v, rng, base, accent: _solid(canvas, base
 
 
 # ----------------------------------------------------------------------------------------------
-# The three kinds: each returns colour [n, n, 3] and coverage [n, n] on the canvas
+# The three kinds: each returns premultiplied colour [n, n, 3] and coverage [n, n]
 
 
-def draw_surgical(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    geo = canvas.geo
-    outline, corners = surgical_outline(geo, rng)
-    u, v = canvas.frame_grid()
-    w, h = geo.half_width, geo.height
-    colour = _solid(canvas, _pick(rng, SURGICAL_COLOURS, SURGICAL_WEIGHTS))
-    # Three pleats: lit just below each fold, shadowed above the next.
+def _pleat_shading(canvas: Canvas, u, v, rng: np.random.Generator) -> np.ndarray:
+    """Three pleats, lit just below each fold and shadowed above the next, on a mask whose
+    sides turn away round the cheeks."""
+    w, h = canvas.geo.half_width, canvas.geo.height
     first, spacing = h * rng.uniform(0.22, 0.3), h * rng.uniform(0.17, 0.22)
     phase = (v - first) / spacing
     shade = 1.0 + ((phase >= 0) & (phase < 3)) * (0.07 - 0.17 * _frac(phase))
-    shade *= 1.0 - 0.2 * (u / w) ** 4  # the sides turn away round the cheeks
+    shade *= 1.0 - 0.2 * (u / w) ** 4
     t = np.linspace(-1.0, 1.0, 17)
     for k in range(3):
         fold = _curve(t * w * 0.95, np.full_like(t, first + k * spacing))
         shade *= 1.0 - 0.3 * canvas.stroke(fold, 0.35)
-    for side in (-1.0, 1.0):  # bound edges along the sides
-        edge = outline[np.isclose(np.abs(outline[:, 0]), np.abs(outline[:, 0]).max(), atol=2.5)]
-        shade *= 1.0 - 0.12 * canvas.stroke(edge[np.sign(edge[:, 0]) == side], 1.2)
-    wire = canvas.stroke(_curve(t * w / 3, 0.9 + corners["top"][1] * (t / 3) ** 2), 0.5)
+    return shade
+
+
+def draw_surgical(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A pleated surgical mask with bound side edges, a nose wire and ear loops."""
+    geo = canvas.geo
+    outline, corners = surgical_outline(geo, rng)
+    u, v = canvas.frame_grid()
+    colour = _solid(canvas, _pick(rng, SURGICAL_COLOURS, SURGICAL_WEIGHTS))
+    shade = _pleat_shading(canvas, u, v, rng)
+    # The side edges: the outline's points within 2.5 pixels of its widest reach.
+    sides = outline[np.abs(outline[:, 0]) > np.abs(outline[:, 0]).max() - 2.5]
+    for side in (-1.0, 1.0):
+        shade *= 1.0 - 0.12 * canvas.stroke(sides[np.sign(sides[:, 0]) == side], 1.2)
+    t = np.linspace(-1.0, 1.0, 17)
+    wire = canvas.stroke(_curve(t * geo.half_width / 3, 0.9 + corners["top"][1] * (t / 3) ** 2),
+                         0.5)
     colour = _mix(colour, np.float32(250.0), 0.35 * wire)
     return _with_loops(canvas, colour * shade[..., None], canvas.fill(outline), corners, rng,
                        mask_colour=colour[canvas.n // 2, canvas.n // 2])
 
 
 def draw_cloth(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A contoured cloth mask, plain or printed, with a centre seam, a hem and ear loops."""
     geo = canvas.geo
     outline, corners = cloth_outline(geo, rng)
     u, v = canvas.frame_grid()
@@ -339,6 +350,7 @@ def draw_cloth(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 
 def draw_n95(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A moulded respirator cup with a rim, a nose clip, sometimes a valve, and head straps."""
     geo = canvas.geo
     outline, corners = n95_outline(geo, rng)
     u, v = canvas.frame_grid()

@@ -310,3 +310,30 @@ def test_evaluate_cli_on_a_trained_cyclegan(tmp_path, capsys):
     generator = summary["rows"]["generator"]
     assert generator["mean_abs_change"] > 0 and np.isfinite(generator["ssim_mask"])
     assert "generator G(masked)" in capsys.readouterr().out
+
+
+def test_fid_and_kid_of_the_outputs_against_test_b(domains, tmp_path, monkeypatch):
+    import flax.linen as nn
+    import jax
+
+    from common_jax.metrics import gan_metrics as gm
+    from common_jax.metrics import inception as inception_lib
+
+    class MeanColour(nn.Module):  # stands in for Inception (minutes per batch on CPU)
+        @nn.compact
+        def __call__(self, x):
+            return {"pool3": nn.Dense(4)(x.mean(axis=(1, 2)) / 255.0)}
+
+    module = MeanColour()
+    variables = module.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"present")
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(inception_lib, "default_weights_path", lambda: weights)
+    monkeypatch.setattr(gm, "load_feature_network", lambda: gm.FeatureNetwork(
+        module, variables, "mean-colour", "hash0", "bilinear", image_size=8))
+    result = fm.evaluate_remover(lambda x: x, domains, fid=True)["inception"]
+    assert np.isfinite(result["fid"]) and np.isfinite(result["kid_mean"])
+    protocol = result["protocol"]
+    assert (protocol["n_real"], protocol["n_fake"], protocol["reference_split"]) == (4, 3, "testB")
+    assert protocol["reference_dataset"].startswith("facemask-")
