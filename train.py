@@ -5,6 +5,7 @@
         --config.num_steps=20
     python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
     python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
+    python train.py translate --workdir runs/facemask --direction a2b face.png [--out DIR]
     python train.py eval --workdir runs/fashion [--num 10000] [--judge_workdir runs/cls_fm]
         [--inception]
     python train.py floor --config classifiers_jax/configs/cifar10.py [--split train]
@@ -12,6 +13,8 @@
 
 `eval` scores a GAN run's latest checkpoint as its config's `metrics` section says (the flags
 override it): judge and/or Inception FID and KID, mode coverage, each with its protocol.
+`translate` runs a CycleGAN run's generator (a2b or b2a) on image files and writes one PNG per
+input, named <name>_<direction>.png, into --out (default <workdir>/translated).
 `floor` scores real images of --split against the config's reference split (metrics section;
 test by default) the same way: the FID a perfect generator would reach; with --workdir it
 also goes into <workdir>/summary.json "floor".
@@ -41,7 +44,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from common_jax.errors import UserError  # noqa: E402
 
-COMMANDS = ("train", "sample", "classify", "eval", "floor")
+COMMANDS = ("train", "sample", "classify", "eval", "floor", "translate")
+TAKES_FILES = ("classify", "translate")  # the commands whose arguments are image files
 ROOT = Path(__file__).resolve().parent
 CONFIG_FOLDERS = ("gans_jax/configs", "classifiers_jax/configs")
 log = std_logging.getLogger("__main__")
@@ -51,7 +55,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, logs and summary.")
 flags.DEFINE_integer("num", 64, "sample: number of images; eval: number of samples scored "
                      "(default: the run's metrics.num_samples).")
-flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png).")
+flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png); "
+                    "translate: output folder (default <workdir>/translated).")
 flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
 flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
 flags.DEFINE_integer("top", 5, "classify: classes shown per image, most likely first.")
@@ -60,6 +65,7 @@ flags.DEFINE_string("judge_workdir", None, "eval: a classifier run to judge the 
 flags.DEFINE_bool("inception", None, "eval: also score with the FID Inception network "
                   "(default: the run's metrics.inception).")
 flags.DEFINE_string("split", "train", "floor: the real split scored against the reference one.")
+flags.DEFINE_string("direction", "a2b", "translate: a2b (domain A to B) or b2a.")
 FLAGS = flags.FLAGS
 
 
@@ -102,8 +108,9 @@ def start_jax(command: str) -> None:
     parallel.maybe_initialize_distributed()
     if command == "train":
         parallel.use_cpu_cores((FLAGS.config.batch_size, FLAGS.config.get("eval_batch_size", 0)))
-    elif command in ("eval", "floor"):
-        parallel.use_cpu_cores(())  # sampling and features pad their batches to the device count
+    elif command in ("eval", "floor", "translate"):
+        # sampling, features and translation pad their batches to the device count
+        parallel.use_cpu_cores(())
 
 
 def run_train(trainer) -> None:
@@ -155,6 +162,30 @@ def run_classify(paths: list[str]) -> None:
         print(path)
         for name, probability in ranked[:FLAGS.top]:
             print(f"  {probability:8.2%}  {name}")
+
+
+def run_translate(paths: list[str]) -> None:
+    """Translates image files with a CycleGAN run's latest checkpoint, one PNG per input."""
+    from common_jax.checkpoint import restore_for_inference
+
+    if not paths:
+        raise_usage("translate needs image files: python train.py translate --workdir DIR "
+                    "--direction a2b a.png b.jpg [--out DIR]")
+    if FLAGS.direction not in ("a2b", "b2a"):
+        raise_usage(f"unknown direction '{FLAGS.direction}'; set --direction to a2b (domain A "
+                    "to B) or b2a")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:  # before the slow checkpoint restore
+        raise_usage(f"image file{'s' if len(missing) > 1 else ''} not found: "
+                    f"{', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    if not hasattr(trainer, "translate_files"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not translate "
+                    "images; give the --workdir of a CycleGAN run")
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "translated")
+    written = trainer.translate_files(state, config, paths, out, direction=FLAGS.direction)
+    print(f"translated {len(written)} images {FLAGS.direction} with the checkpoint of step "
+          f"{int(state.step)}; wrote them to {out}")
 
 
 def run_eval() -> None:
@@ -226,7 +257,7 @@ def configure_logging() -> None:
 
 def check_command(command: str, arguments: list[str], argv: list[str]) -> None:
     """Refuses an unknown command and the flags a command cannot run without."""
-    if command not in COMMANDS or (arguments and command != "classify"):
+    if command not in COMMANDS or (arguments and command not in TAKES_FILES):
         raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
                     f"{', '.join(COMMANDS)}")
     if not FLAGS.workdir and command != "floor":
@@ -240,7 +271,7 @@ def main(argv) -> None:
     from common_jax.loop import TrainingDiverged
 
     command = argv[1] if len(argv) > 1 else "train"
-    arguments = argv[2:]  # only classify takes any: the image files
+    arguments = argv[2:]  # only classify and translate take any: the image files
     try:
         check_command(command, arguments, argv)
         trainer = checked_trainer() if command == "train" else None
@@ -249,6 +280,8 @@ def main(argv) -> None:
             run_train(trainer)
         elif command == "classify":
             run_classify(arguments)
+        elif command == "translate":
+            run_translate(arguments)
         else:
             {"sample": run_sample, "eval": run_eval, "floor": run_floor}[command]()
     except TrainingDiverged as error:
