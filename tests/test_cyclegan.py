@@ -237,7 +237,6 @@ def test_eight_devices_compute_what_one_device_computes_pool_included(domains, m
     assert int(eight.pool_a.count) == int(eight.pool_b.count) == 6
     chex.assert_trees_all_close(eight, one, rtol=1e-4, atol=1e-5)
     # the pools really hold fakes (not zeros) and the step changed every network
-    assert float(np.abs(eight.pool_b.images).min(axis=(1, 2, 3)).max()) >= 0
     assert np.all(np.abs(eight.pool_b.images).mean(axis=(1, 2, 3)) > 0)
     fresh = cyclegan.create_state(config)
     for net in ("g_ab", "g_ba", "d_a", "d_b"):

@@ -141,6 +141,8 @@ def query_pool(pool: ImagePool, fakes: jax.Array, coins: jax.Array,
 def pooled_fakes(pool: ImagePool, fakes: jax.Array, key: jax.Array) -> tuple[ImagePool, jax.Array]:
     """This device's fakes [b, ...] through the pool, as one device would pass the global batch:
     gathered from every device, queried with choices drawn for the global batch, sliced back."""
+    if pool.images.shape[0] == 0:
+        return pool, fakes
     everyone = jax.lax.all_gather(fakes, parallel.AXIS, tiled=True)  # [N, S, S, C], N = global
     coins, slots = draw_pool_choices(key, everyone.shape[0], pool.images.shape[0])
     pool, returned = query_pool(pool, everyone, coins, slots)
