@@ -37,6 +37,7 @@ REGISTRY: dict[str, str] = {
     "cls_cifar10": "classifiers_jax/configs/cifar10.py",
     "cls_cifar10_fast": "classifiers_jax/configs/cifar10_fast.py",
     "cls_cifar100": "classifiers_jax/configs/cifar100.py",
+    "cyclegan_facemask": "gans_jax/configs/cyclegan_facemask.py",
 }
 
 _FORCE_FLAG = "--xla_force_host_platform_device_count"

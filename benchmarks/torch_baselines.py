@@ -13,6 +13,13 @@ The step does what the JAX step does, with the same optimizer settings and batch
 - classifiers: cross-entropy with the configured label smoothing; SGD (momentum, Nesterov),
   Adam or AdamW with weight decay on kernels only, as `classifiers_jax` configures it. The
   learning rate stays at its peak (a schedule costs nothing measurable).
+- CycleGAN, as `gans_jax.trainers.cyclegan` (the reference's step): one Adam over both
+  generators, updated with the discriminators frozen (no gradients for their weights) on LSGAN
+  terms, cycle L1 and identity L1, each generator run once on its domain's and the other
+  domain's images concatenated, then once on the other's fakes; then one Adam over both
+  discriminators on real images and the step's fakes passed through a 50-image pool per domain,
+  real and pooled fake in one pass, the loss halved. The pool is the reference's: filled first,
+  then each fake swaps with a random stored one half of the time. Learning rate at its peak.
 The memory layout (NCHW or channels_last) is chosen per model by timing both for two steps in
 eager mode; `torch.compile` compiles the networks (forward and backward) and runs with that
 layout, its compile time reported separately; a failure is recorded with its reason.
@@ -93,6 +100,99 @@ def dcgan_step(torch, config, g, d, memory_format) -> Callable[[], None]:
     return run
 
 
+class ImagePool:
+    """The reference's pool of past fakes, one image at a time, with its own seeded draws."""
+
+    def __init__(self, torch, size: int, seed: int, memory_format):
+        import random
+
+        self.torch, self.size, self.images = torch, size, []
+        self.memory_format = memory_format
+        self.random = random.Random(seed)
+
+    def query(self, fakes):
+        """Detached fakes [B, C, S, S] -> the images D sees, of the same shape."""
+        if self.size == 0:
+            return fakes
+        out = []
+        for fake in fakes:
+            if len(self.images) < self.size:  # filling up: store it and show it
+                self.images.append(fake.clone())
+                out.append(fake)
+            elif self.random.random() > 0.5:  # show a stored fake, keep this one instead
+                slot = self.random.randrange(self.size)
+                out.append(self.images[slot])
+                self.images[slot] = fake.clone()
+            else:
+                out.append(fake)
+        # Stacking loses channels_last; D's input must keep the layout chosen for it.
+        return self.torch.stack(out).contiguous(memory_format=self.memory_format)
+
+
+def _synthetic_images(torch, config, memory_format):
+    m = config.model
+    return (torch.rand(config.batch_size, m.channels, m.image_size, m.image_size) * 2 - 1
+            ).contiguous(memory_format=memory_format)
+
+
+def cyclegan_step(torch, config, nets, memory_format) -> Callable[[], None]:
+    """One CycleGAN train step on fixed synthetic batches of both domains, as
+    `gans_jax.trainers.cyclegan.train_step`."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    o, loss_cfg, batch = config.optimizer, config.loss, config.batch_size
+    g_ab, g_ba, d_a, d_b = (nets[k] for k in ("g_ab", "g_ba", "d_a", "d_b"))
+    g_opt = _adam(torch, itertools.chain(g_ab.parameters(), g_ba.parameters()), o.lr, o.b1, o.b2)
+    d_params = list(itertools.chain(d_a.parameters(), d_b.parameters()))
+    d_opt = _adam(torch, d_params, o.lr, o.b1, o.b2)
+    real_a = _synthetic_images(torch, config, memory_format)
+    real_b = _synthetic_images(torch, config, memory_format)
+    pool_a = ImagePool(torch, config.pool_size, config.seed, memory_format)
+    pool_b = ImagePool(torch, config.pool_size, config.seed + 1, memory_format)
+    identity = loss_cfg.identity > 0
+
+    def run_g(g, own, other):  # (fake, identity image or None): one pass, as the JAX step
+        if not identity:
+            return g(own), None
+        out = g(torch.cat([own, other]))
+        return out[:batch], out[batch:]
+
+    def lsgan_g(logits):  # the reference's MSE to 1 over every patch
+        return torch.mean((logits - 1.0) ** 2)
+
+    def lsgan_d(d, real, fake):  # half the sum of the real and fake terms, one pass
+        real_logits, fake_logits = d(torch.cat([real, fake])).split(batch)
+        return 0.5 * (torch.mean((real_logits - loss_cfg.real_label) ** 2)
+                      + torch.mean(fake_logits**2))
+
+    def run() -> None:
+        for p in d_params:  # D frozen: G's backward pass computes no D weight gradients
+            p.requires_grad_(False)
+        g_opt.zero_grad(set_to_none=True)
+        fake_b, idt_b = run_g(g_ab, real_a, real_b)
+        fake_a, idt_a = run_g(g_ba, real_b, real_a)
+        rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)
+        g_loss = (lsgan_g(d_b(fake_b)) + lsgan_g(d_a(fake_a))
+                  + loss_cfg.lambda_a * F.l1_loss(rec_a, real_a)
+                  + loss_cfg.lambda_b * F.l1_loss(rec_b, real_b))
+        if identity:
+            g_loss = g_loss + loss_cfg.identity * (loss_cfg.lambda_a * F.l1_loss(idt_a, real_a)
+                                                   + loss_cfg.lambda_b * F.l1_loss(idt_b, real_b))
+        g_loss.backward()
+        g_opt.step()
+        for p in d_params:
+            p.requires_grad_(True)
+        d_opt.zero_grad(set_to_none=True)
+        pooled_a, pooled_b = pool_a.query(fake_a.detach()), pool_b.query(fake_b.detach())
+        d_loss = lsgan_d(d_a, real_a, pooled_a) + lsgan_d(d_b, real_b, pooled_b)
+        d_loss.backward()
+        d_opt.step()
+
+    return run
+
+
 def classifier_step(torch, config, net, memory_format) -> Callable[[], None]:
     """One classifier train step on a fixed synthetic batch."""
     import torch.nn.functional as F
@@ -118,6 +218,14 @@ def build_step(torch, config, memory_format, *, compile: bool) -> Callable[[], N
     from benchmarks import torch_models
 
     torch.manual_seed(config.seed)
+    if config.trainer == torch_models.CYCLEGAN_TRAINER:
+        nets = {k: net.to(memory_format=memory_format).train()
+                for k, net in torch_models.cyclegan_from_config(config).items()}
+        if compile:
+            # Static shapes: each network meets two batch sizes (b and 2b) and D two
+            # requires_grad settings, one graph each instead of a dynamic-shape recompile.
+            nets = {k: torch.compile(net, dynamic=False) for k, net in nets.items()}
+        return cyclegan_step(torch, config, nets, memory_format)
     if common.family(config) == "gan":
         g, d = torch_models.dcgan_from_config(config)
         g.memory_format = memory_format

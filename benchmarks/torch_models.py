@@ -7,6 +7,11 @@ model at the same config (tests/test_benchmarks.py checks the counts):
   ReLU] blocks, tanh; [conv k4 s2 p1 -> batch norm (not on the first layer) -> LeakyReLU(0.2)]
   blocks and a bias-free linear logit. Weights N(0, 0.02), batch-norm scale N(1, 0.02).
 - `BasicCNN`, `CNN` and `FastCIFARNet` (classifiers_jax/models/cnn.py).
+- CycleGAN `ResnetGenerator` / `PatchDiscriminator` (gans_jax/models/cyclegan.py), the
+  reference's networks: reflection padding, affine-free instance norm (eps 1e-5), weights
+  N(0, 0.02). As in the Flax model, a conv followed by a norm has no bias (the norm's mean
+  subtraction cancels it), unlike the reference: 5,248 (G) and 896 (D) fewer parameters at
+  ngf = ndf = 64, and the same operations up to those bias additions.
 Layouts differ where the frameworks differ (NCHW, weights [out, in, kh, kw]); that moves no
 parameter and changes no operation count. `unsupported(config)` names any configured choice a
 twin does not mirror (other up/downsampling, norms, spectral norm, losses, ...).
@@ -201,7 +206,125 @@ class FastCIFARNet(nn.Module):
         return self.head(x) * self.logit_scale
 
 
+# ----------------------------------------------------------------------------- CycleGAN
+
+
+def instance_norm(kind: str, features: int) -> nn.Module:
+    """gans_jax.models.cyclegan's norms: "instance" (no affine, as the reference),
+    "instance_affine" or "none"."""
+    if kind == "none":
+        return nn.Identity()
+    return nn.InstanceNorm2d(features, eps=1e-5, affine=kind == "instance_affine")
+
+
+class BiasAfter(nn.Module):
+    """A bias-free upsampling body plus a bias of `features` added after it (the Flax model's
+    pixel-shuffle layer without a norm: its conv has 4 x features channels but the bias comes
+    after the shuffle)."""
+
+    def __init__(self, body: nn.Module, features: int):
+        super().__init__()
+        self.body = body
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.bias.view(1, -1, 1, 1)
+
+
+def upsample(method: str, cin: int, cout: int, bias: bool) -> nn.Module:
+    """x2 upsampling to `cout` channels, as gans_jax.models.cyclegan.UpsampleBias for each
+    gans_jax.layers.UPSAMPLE method."""
+    if method == "transpose3":  # the reference's layer
+        return nn.ConvTranspose2d(cin, cout, 3, 2, padding=1, output_padding=1, bias=bias)
+    if method == "transpose4":
+        return nn.ConvTranspose2d(cin, cout, 4, 2, padding=1, bias=bias)
+    if method in ("nearest", "bilinear"):
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode=method),
+                             nn.Conv2d(cin, cout, 3, padding=1, bias=bias))
+    if method == "pixel_shuffle":
+        body = nn.Sequential(nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=False),
+                             nn.PixelShuffle(2))
+        return BiasAfter(body, cout) if bias else body
+    raise ValueError(f"no PyTorch twin for upsampling '{method}'")
+
+
+class ResnetBlock(nn.Module):
+    """x + (pad, conv3, norm, ReLU, pad, conv3, norm)(x)."""
+
+    def __init__(self, features: int, norm: str):
+        super().__init__()
+        bias = norm == "none"
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3, bias=bias),
+            instance_norm(norm, features), nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3, bias=bias),
+            instance_norm(norm, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """images [B, C, S, S] -> [B, C, S, S] in [-1, 1]: c7s1-w, d2w, d4w, n x R4w, u2w, uw,
+    c7s1-C, tanh."""
+
+    def __init__(self, channels: int = 3, width: int = 64, num_blocks: int = 9,
+                 upsample_method: str = "transpose3", norm: str = "instance"):
+        super().__init__()
+        w, bias = width, norm == "none"  # a norm after a conv cancels its bias
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, w, 7, bias=bias),
+                                   instance_norm(norm, w), nn.ReLU(inplace=True)]
+        for cin, cout in ((w, 2 * w), (2 * w, 4 * w)):
+            layers += [nn.Conv2d(cin, cout, 3, 2, padding=1, bias=bias),
+                       instance_norm(norm, cout), nn.ReLU(inplace=True)]
+        layers += [ResnetBlock(4 * w, norm) for _ in range(num_blocks)]
+        for cin, cout in ((4 * w, 2 * w), (2 * w, w)):
+            layers += [upsample(upsample_method, cin, cout, bias), instance_norm(norm, cout),
+                       nn.ReLU(inplace=True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(w, channels, 7), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+        cyclegan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """images [B, C, S, S] -> logits [B, 1, S/2^L - 2, S/2^L - 2]: the 70x70 PatchGAN for
+    L = 3 (C64 without norm, C128, C256 stride 2, C512 stride 1, 1-channel conv; k4 p1)."""
+
+    def __init__(self, channels: int = 3, width: int = 64, num_layers: int = 3,
+                 norm: str = "instance", slope: float = 0.2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, padding=1),
+                                   nn.LeakyReLU(slope, inplace=True)]
+        cin = width
+        for n in range(1, num_layers + 1):
+            cout = width * min(2**n, 8)
+            stride = 1 if n == num_layers else 2
+            layers += [nn.Conv2d(cin, cout, 4, stride, padding=1, bias=norm == "none"),
+                       instance_norm(norm, cout), nn.LeakyReLU(slope, inplace=True)]
+            cin = cout
+        layers.append(nn.Conv2d(cin, 1, 4, 1, padding=1))
+        self.body = nn.Sequential(*layers)
+        cyclegan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def cyclegan_init(module: nn.Module) -> None:
+    """The reference's initialisation: conv weights N(0, 0.02), biases zero."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 # ----------------------------------------------------------------------------- from configs
+
+CYCLEGAN_TRAINER = "gans_jax.trainers.cyclegan"
 
 _DCGAN_DEFAULTS = {"upsample": "transpose4", "downsample": "strided", "g_norm": "batch",
                    "d_norm": "batch", "d_spectral_norm": False, "g_activation": "relu",
@@ -213,6 +336,8 @@ _GAN_LOSS_DEFAULTS = {"kind": "non_saturating", "gradient_penalty": 0.0, "r1": 0
 def unsupported(config) -> str | None:
     """Why a config has no PyTorch twin here, or None when it has one."""
     m = config.model
+    if config.trainer == CYCLEGAN_TRAINER:
+        return cyclegan_unsupported(config)
     if config.trainer.startswith("gans_jax."):
         for key, value in _DCGAN_DEFAULTS.items():
             if m.get(key, value) != value:
@@ -230,6 +355,51 @@ def unsupported(config) -> str | None:
     if m.activation not in ACTIVATIONS and m.activation != "leaky_relu":
         return f"model.activation={m.activation!r} has no PyTorch twin"
     return None
+
+
+_CYCLEGAN_NORMS = ("instance", "instance_affine", "none")
+_CYCLEGAN_UPSAMPLE = ("transpose3", "transpose4", "nearest", "bilinear", "pixel_shuffle")
+
+
+def cyclegan_unsupported(config) -> str | None:
+    """Why a CycleGAN config has no twin: other losses, optimizers or optimizer options."""
+    m, o = config.model, config.optimizer
+    for key in ("g_norm", "d_norm"):
+        if m[key] not in _CYCLEGAN_NORMS:
+            return f"model.{key}={m[key]!r} has no PyTorch twin"
+    if m.upsample not in _CYCLEGAN_UPSAMPLE:
+        return f"model.upsample={m.upsample!r} has no PyTorch twin"
+    if config.loss.kind != "lsgan":
+        return f"loss.kind={config.loss.kind!r} has no PyTorch twin (only 'lsgan')"
+    if o.name != "adam" or o.get("weight_decay", 0.0):
+        return "only Adam without weight decay has a PyTorch twin"
+    if o.get("freeze") or o.get("lr_multipliers"):
+        return "optimizer.freeze / lr_multipliers have no PyTorch twin"
+    return None
+
+
+def cyclegan_from_config(config) -> dict[str, nn.Module]:
+    """The four networks, named as in CycleGANState: g_ab, g_ba, d_a, d_b."""
+    m = config.model
+
+    def generator():
+        return ResnetGenerator(m.channels, m.g_width, m.g_blocks, m.upsample, m.g_norm)
+
+    def discriminator():
+        return PatchDiscriminator(m.channels, m.d_width, m.d_layers, m.d_norm, m.d_slope)
+
+    return {"g_ab": generator(), "g_ba": generator(), "d_a": discriminator(),
+            "d_b": discriminator()}
+
+
+def twins_from_config(config) -> dict[str, nn.Module]:
+    """Every network of a config's twin, named as in its Flax state (g/d, net, or CycleGAN's
+    four)."""
+    if config.trainer == CYCLEGAN_TRAINER:
+        return cyclegan_from_config(config)
+    if config.trainer.startswith("gans_jax."):
+        return dict(zip(("g", "d"), dcgan_from_config(config), strict=True))
+    return {"net": classifier_from_config(config)}
 
 
 def dcgan_from_config(config) -> tuple[Generator, Discriminator]:

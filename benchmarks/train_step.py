@@ -50,7 +50,7 @@ class JaxStep:
         task = trainer.make_task(config)
         self.state = self.dp.put_state(task.create_state())
         self.params = param_counts(self.state, self.dp)
-        self.batch = self.dp.put_batch(synthetic_batch(config))
+        self.batch = self.dp.put_batch(synthetic_batch(config, tuple(task.stages[0].streams)))
         start = time.perf_counter()
         step = task.stages[0].train_step
         self.compiled = self.dp.compile(step).lower(self.state, self.batch).compile()
@@ -104,23 +104,36 @@ class JaxStep:
         return out
 
 
-def synthetic_batch(config) -> dict[str, np.ndarray]:
-    """A batch shaped like the pipeline's: images in [-1, 1] and int32 labels."""
+def is_cyclegan(config) -> bool:
+    return config.trainer == "gans_jax.trainers.cyclegan"
+
+
+def synthetic_batch(config, streams: tuple[str, ...] = ("train",)) -> dict:
+    """A batch shaped like the loop's: images in [-1, 1] and int32 labels; with several
+    streams (CycleGAN's "a" and "b"), one such batch per stream under its name."""
     m = config.model
     rng = np.random.RandomState(0)
-    images = rng.uniform(-1, 1, (config.batch_size, m.image_size, m.image_size, m.channels))
-    labels = rng.randint(0, m.get("num_classes", 10), config.batch_size)
-    return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
+
+    def one() -> dict[str, np.ndarray]:
+        images = rng.uniform(-1, 1, (config.batch_size, m.image_size, m.image_size, m.channels))
+        labels = rng.randint(0, m.get("num_classes", 10), config.batch_size)
+        return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
+
+    return one() if len(streams) == 1 else {name: one() for name in streams}
+
+
+NETWORKS = ("g", "d", "net", "g_ab", "g_ba", "d_a", "d_b")  # the states' network fields
 
 
 def param_counts(state, dp: DataParallel) -> dict[str, int]:
-    """Parameters per network of a device state (GANState: g and d; classifiers: net)."""
+    """Parameters per network of a device state (GANState: g and d; classifiers: net;
+    CycleGANState: g_ab, g_ba, d_a and d_b)."""
     host = dp.get_state(state)
 
     def count(tree) -> int:
         return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
 
-    nets = {k: getattr(host, k) for k in ("g", "d", "net") if hasattr(host, k)}
+    nets = {k: getattr(host, k) for k in NETWORKS if hasattr(host, k)}
     return {k: count(v.params) for k, v in nets.items()}
 
 
@@ -182,6 +195,10 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
 
     entry: dict[str, Any] = {"batch": config.batch_size,
                              "image_shape": [config.model.image_size] * 2 + [config.model.channels]}
+    if is_cyclegan(config):
+        # A step translates `batch` images each way: the rates count pairs (a, b), per step
+        # `batch` of them, in JAX and PyTorch alike.
+        entry["images_counted"] = "pairs: one image of each domain"
     for c in contestants:
         is_jax = c.name.startswith("jax")
         entry[c.name] = jax_figures(c, peak_gflops) if is_jax else common.result(c)
@@ -193,7 +210,9 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
     for name, reason in skipped.items():
         log(f"  {name}: {reason}")
     entry["ratios"] = ratios(entry)
-    if not args.no_input:
+    if is_cyclegan(config):
+        entry["input"] = {"skipped": "skipped: two-stream (unpaired) input not measured here"}
+    elif not args.no_input:
         entry["input"] = input_pipeline.measure(
             config, step=step, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
             round_seconds=args.round_seconds, log=log)

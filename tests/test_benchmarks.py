@@ -123,7 +123,7 @@ def test_a_failing_torch_compile_is_recorded(monkeypatch):
 def _flax_params(config):
     trainer = importlib.import_module(config.trainer)
     state = jax.eval_shape(lambda: trainer.create_state(config))
-    nets = {k: getattr(state, k).params for k in ("g", "d", "net") if hasattr(state, k)}
+    nets = {k: getattr(state, k).params for k in train_step.NETWORKS if hasattr(state, k)}
     return {k: sorted(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in nets.items()}
 
 
@@ -134,11 +134,9 @@ def test_torch_twins_have_the_flax_parameter_counts(name):
 
     config = common.load_config(common.REGISTRY[name])  # full size, as benchmarked
     assert torch_models.unsupported(config) is None
-    if common.family(config) == "gan":
-        twins = dict(zip(("g", "d"), torch_models.dcgan_from_config(config), strict=True))
-    else:
-        twins = {"net": torch_models.classifier_from_config(config)}
+    twins = torch_models.twins_from_config(config)
     flax_sizes = _flax_params(config)
+    assert set(twins) == set(flax_sizes)
     for key, twin in twins.items():
         torch_sizes = sorted(p.numel() for p in twin.parameters())
         # The same tensors up to layout: the same sizes, hence the same total.
@@ -268,3 +266,74 @@ def test_compare_runs_counts_bitwise_equal_leaves():
     b = {"g": {"w": np.ones((2, 2), np.float32) + 1e-7}, "step": np.int32(3)}
     equal, total, lines = compare(a, b)
     assert (equal, total) == (1, 2) and "['g']['w']: max |difference|" in lines[0]
+
+
+def test_cyclegan_twins_match_the_reference_counts_and_shapes():
+    """The paper's 256-px networks have the reference's counts less the biases of the convs
+    before a norm (5,248 in G, 896 in D), as the Flax model; at the benchmarked size the twins'
+    outputs have the Flax networks' shapes (NCHW against NHWC)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (the bench extra)")
+    from benchmarks import torch_models
+    from gans_jax.trainers import cyclegan
+
+    base = common.load_config("gans_jax/configs/cyclegan_base.py")
+    counts = {k: torch_models.count_parameters(net)
+              for k, net in torch_models.cyclegan_from_config(base).items()}
+    g, d = 11_378_179 - 5_248, 2_764_737 - 896
+    assert counts == {"g_ab": g, "g_ba": g, "d_a": d, "d_b": d}
+
+    config = common.load_config(common.REGISTRY["cyclegan_facemask"])
+    m = config.model
+    twins = torch_models.cyclegan_from_config(config)
+    images = jax.ShapeDtypeStruct((2, m.image_size, m.image_size, m.channels), np.float32)
+    for name, model in (("g_ab", cyclegan.make_generator(config)),
+                        ("d_a", cyclegan.make_discriminator(config))):
+        variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+        b, h, w, c = jax.eval_shape(model.apply, variables, images).shape
+        with torch.no_grad():
+            out = twins[name](torch.zeros(2, m.channels, m.image_size, m.image_size))
+        assert tuple(out.shape) == (b, c, h, w), name
+
+
+def test_torch_image_pool_fills_then_swaps_half_the_time():
+    """The reference's pool: the first `size` fakes are stored and shown; afterwards each
+    shown image is the fake itself or one stored before, and the pool keeps `size` images."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (the bench extra)")
+
+    pool = torch_baselines.ImagePool(torch, 3, seed=0, memory_format=torch.contiguous_format)
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)
+    seen, stored_shown, own_shown = set(range(3)), 0, 0
+    for i in range(3, 60):
+        fake = torch.full((1, 1, 1, 1), float(i))
+        shown = int(pool.query(fake).item())
+        assert shown in seen | {i} and len(pool.images) == 3
+        stored_shown += shown != i
+        own_shown += shown == i
+        seen.add(i)
+    assert stored_shown > 10 and own_shown > 10  # both branches taken, about half each
+    assert torch.equal(torch_baselines.ImagePool(torch, 0, 0, None).query(first), first)
+
+
+def test_train_step_tiny_runs_the_cyclegan_beside_its_twin(tmp_path):
+    """The two-domain step: a batch per stream, the four networks' counts equal the twin's,
+    the rates count pairs, the single-stream input measurement is skipped with its reason."""
+    record = train_step.main(["--tiny", "--out", str(tmp_path), "--tag", "test",
+                              "--only", "cyclegan_facemask", "--no-torch-compile"])
+    entry = record["results"]["cyclegan_facemask"]
+    assert entry["config"].endswith("cyclegan_facemask.py:smoke")
+    assert TIMED_KEYS <= set(entry["jax"]) and entry["jax"]["flops_per_step"] > 0
+    params = entry["jax"]["params"]
+    assert set(params) == {"g_ab", "g_ba", "d_a", "d_b"}
+    assert entry["images_counted"].startswith("pairs")
+    assert entry["input"]["skipped"].startswith("skipped: two-stream")
+    if common.import_torch() is None:
+        assert entry["torch"] == torch_baselines.NOT_INSTALLED
+        return
+    from benchmarks import torch_models
+
+    config = common.load_config(entry["config"])
+    twins = torch_models.cyclegan_from_config(config)
+    assert params == {k: torch_models.count_parameters(net) for k, net in twins.items()}
+    assert TIMED_KEYS <= set(entry["torch_eager"])
+    assert entry["ratios"]["jax_over_torch_eager"] > 0
