@@ -52,7 +52,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # "transpose3" is the reference's k3 s2 transposed conv; "nearest"/"bilinear" resize + conv
     # and "pixel_shuffle" are free of its checkerboard pattern (gans_jax.layers.UPSAMPLE).
     c.model.upsample = "transpose3"
-    c.model.upsample_impl = "auto"  # only for "transpose4" (gans_jax.layers)
+    # The transposed convs' form: "auto" is the sub-pixel one on CPU, where XLA's own ("xla")
+    # differentiates its kernel slowly (README, "The transposed convolution"); the same function.
+    c.model.upsample_impl = "auto"
     c.model.g_norm = "instance"  # affine-free, as the reference; instance_affine, none
     c.model.d_norm = "instance"
     c.model.dtype = "float32"  # computation dtype ("bfloat16": params stay float32)
