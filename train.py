@@ -126,6 +126,10 @@ def run_sample() -> None:
         return trainer_module(config)
 
     config, state, trainer = restore_for_inference(FLAGS.workdir, load_trainer)
+    if hasattr(trainer, "translate_files"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which translates images "
+                    "instead of sampling them; use: python train.py translate --workdir "
+                    f"{FLAGS.workdir} --direction a2b IMG... --out DIR")
     if not hasattr(trainer, "generate"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not generate "
                     "images; give the --workdir of a GAN run")
