@@ -10,8 +10,8 @@ Variants: `:basic` (the seeds' BasicCNN), `:smoke` (seconds), `:basic+smoke`.
 Model: stem conv (32) and blocks of 64/256/256 filters, global max pool, bias-free linear head
 with logits scaled by 1/8; batch 512, peak lr 0.4 (rising over the first 20% of steps), weight
 decay 5e-4, 14 epochs.
-Test accuracy and time on a 2-core CPU, 8 forced CPU devices (README): the full 14 epochs
-90.46% in 110 minutes (final evaluation only, --config.eval_every=0); 10 epochs
+Test accuracy and time on a 2-core CPU, 8 forced CPU devices (docs/classifiers.md): the full
+14 epochs 90.46% in 110 minutes (final evaluation only, --config.eval_every=0); 10 epochs
 (--config.num_steps=977) 89.46%; 6 epochs (--config.num_steps=586, flips only) 87.45%.
 """
 
