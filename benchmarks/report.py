@@ -23,7 +23,8 @@ SCRIPTS = ("peak", "train_step", "scaling", "profile_step", "conv_layers", "torc
 
 
 def latest(results: Path, script: str) -> tuple[Path, dict] | None:
-    """The newest readable record of `script`: full runs before tiny ones, then by date."""
+    """The newest readable record of `script`: full runs before tiny ones, then runs of more
+    models before runs of a few (`--only`), then by date."""
     found = []
     for path in results.glob(f"{script}_*.json"):
         try:
@@ -31,10 +32,11 @@ def latest(results: Path, script: str) -> tuple[Path, dict] | None:
         except (OSError, ValueError):
             continue
         if isinstance(record, dict) and record.get("benchmark") == script:
-            found.append((not record.get("tiny", False), record.get("date", ""), path, record))
+            found.append((not record.get("tiny", False), len(record.get("results") or ()),
+                          record.get("date", ""), path, record))
     if not found:
         return None
-    _, _, path, record = max(found, key=lambda f: (f[0], f[1]))
+    *_, path, record = max(found, key=lambda f: f[:3])
     return path, record
 
 
