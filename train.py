@@ -153,10 +153,7 @@ def run_classify(paths: list[str]) -> None:
                     "a.png b.jpg [--top 5]")
     if FLAGS.top < 1:
         raise_usage(f"--top must be at least 1, got {FLAGS.top}")
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:  # before the slow checkpoint restore
-        raise_usage(f"image file{'s' if len(missing) > 1 else ''} not found: "
-                    f"{', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    check_files(paths)  # before the slow checkpoint restore
     config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
     if not hasattr(trainer, "classify_files"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not classify; "
@@ -178,10 +175,7 @@ def run_translate(paths: list[str]) -> None:
     if FLAGS.direction not in ("a2b", "b2a"):
         raise_usage(f"unknown direction '{FLAGS.direction}'; set --direction to a2b (domain A "
                     "to B) or b2a")
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:  # before the slow checkpoint restore
-        raise_usage(f"image file{'s' if len(missing) > 1 else ''} not found: "
-                    f"{', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    check_files(paths)  # before the slow checkpoint restore
     config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
     if not hasattr(trainer, "translate_files"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not translate "
@@ -240,6 +234,15 @@ def scored_num(command: str) -> int | None:
         raise_usage(f"--num must be at least 2 for {command} (a covariance needs 2 samples), "
                     f"got {num}")
     return num
+
+
+def check_files(paths: list[str]) -> None:
+    """Refuses image files that do not exist, naming them all."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        plural = "s" if len(missing) > 1 else ""
+        raise_usage(f"image file{plural} not found: {', '.join(missing)}; check the "
+                    f"path{plural}")
 
 
 def raise_usage(message: str) -> None:
