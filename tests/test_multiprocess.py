@@ -95,19 +95,22 @@ stop = parallel.any_process(jax.process_index() == jax.process_count() - 1)
 result = {"share": share, "stop": stop, "losses": losses, "w": np.asarray(local).tolist(),
           "local": local.devices() == {jax.local_devices()[0]}, "pmap": pmap,
           "global": not state["w"].is_fully_addressable}
-print("RESULT", json.dumps(result))
+import sys
+with open(f"{sys.argv[1]}.{jax.process_index()}.json", "w") as f:
+    json.dump(result, f)
 """
 
 
-def last_json(stdout: str) -> dict:
-    # gloo prints its connections on stdout too, from C++, in any order with ours
-    (line,) = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(line.removeprefix("RESULT "))
+def step_results(out: Path, processes: int) -> list[dict]:
+    """Each process's result, written to a file: gloo writes to stdout from C++, unbuffered,
+    and can land in the middle of a line printed from Python."""
+    launch([sys.executable, "-c", STEPS, str(out)], processes)
+    return [json.loads(Path(f"{out}.{i}.json").read_text()) for i in range(processes)]
 
 
-def test_data_parallel_steps_in_two_processes_equal_one():
-    two = [last_json(out) for out in launch([sys.executable, "-c", STEPS], processes=2)]
-    (one,) = [last_json(out) for out in launch([sys.executable, "-c", STEPS], processes=1)]
+def test_data_parallel_steps_in_two_processes_equal_one(tmp_path):
+    two = step_results(tmp_path / "two", processes=2)
+    (one,) = step_results(tmp_path / "one", processes=1)
     assert [r["share"] for r in two] == [8, 8] and one["share"] == 16
     assert all(r["global"] and r["local"] for r in two) and not one["global"]
     assert [r["stop"] for r in two] == [True, True]  # the last process's flag reaches both
