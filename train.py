@@ -5,6 +5,7 @@
         --config.num_steps=20
     python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
     python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
+    python train.py classify --config classifiers_jax/configs/resnet50_imagenet.py photo.jpg
     python train.py translate --workdir runs/facemask --direction a2b face.png [--out DIR]
     python train.py eval --workdir runs/fashion [--num 10000] [--judge_workdir runs/cls_fm]
         [--inception]
@@ -154,11 +155,18 @@ def run_classify(paths: list[str]) -> None:
     if FLAGS.top < 1:
         raise_usage(f"--top must be at least 1, got {FLAGS.top}")
     check_files(paths)  # before the slow checkpoint restore
-    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
-    if not hasattr(trainer, "classify_files"):
-        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not classify; "
-                    "give the --workdir of a classifier run")
-    print(f"checkpoint step {int(state.step)} in {FLAGS.workdir}")
+    if FLAGS.workdir is None:  # a pretrained network named by --config
+        trainer = trainer_module(FLAGS.config)
+        if not hasattr(trainer, "pretrained_state"):
+            raise_usage(f"{FLAGS.config.trainer} has no pretrained networks; give --workdir")
+        state, config, meta = trainer.pretrained_state(FLAGS.config)
+        print(f"weights {meta['path']} (sha256 {meta['sha256'][:12]}, {meta['layout']})")
+    else:
+        config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+        if not hasattr(trainer, "classify_files"):
+            raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not "
+                        "classify; give the --workdir of a classifier run")
+        print(f"checkpoint step {int(state.step)} in {FLAGS.workdir}")
     for path, ranked in zip(paths, trainer.classify_files(state, config, paths), strict=True):
         print(path)
         for name, probability in ranked[:FLAGS.top]:
@@ -267,7 +275,8 @@ def check_command(command: str, arguments: list[str], argv: list[str]) -> None:
     if command not in COMMANDS or (arguments and command not in TAKES_FILES):
         raise_usage(f"unknown command {' '.join(argv[1:])!r}; use one of: "
                     f"{', '.join(COMMANDS)}")
-    if not FLAGS.workdir and command != "floor":
+    pretrained = command == "classify" and FLAGS.config is not None  # no run needed
+    if not FLAGS.workdir and command != "floor" and not pretrained:
         raise_usage("--workdir is required (where checkpoints and outputs go)")
     if command == "floor" and FLAGS.config is None:
         raise_usage("floor needs --config path.py[:variant] (its data and metrics sections)")

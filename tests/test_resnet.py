@@ -368,3 +368,32 @@ def test_keras_h5_round_trip(imagenet_weights, tmp_path):
     a = traverse_util.flatten_dict(converted, sep="/")
     b = traverse_util.flatten_dict(variables, sep="/")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- train.py classify
+
+CLASSIFY = [sys.executable, str(ROOT / "train.py"), "classify",
+            f"--config={ROOT / 'classifiers_jax' / 'configs' / 'resnet50_imagenet.py'}"]
+
+
+def test_classify_without_weights_names_the_make_target(tmp_path):
+    image = shared_data("samples") / "imagenet_00_243.jpg"
+    env = {**os.environ, "COMMON_JAX_CACHE": str(tmp_path)}
+    done = subprocess.run([*CLASSIFY, str(image)], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ResNet50 weights not found") and "make resnet-weights" in last
+
+
+def test_classify_prints_imagenet_names(imagenet_weights):
+    folder = shared_data("samples")
+    images = [folder / "imagenet_01_559.jpg", folder / "imagenet_05_853.jpg"]
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    done = subprocess.run([*CLASSIFY, *map(str, images), "--top", "2"], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("weights ") and imagenet_weights[1]["sha256"][:12] in lines[0]
+    assert lines[1].endswith("imagenet_01_559.jpg") and lines[2].endswith("folding_chair")
+    assert lines[4].endswith("imagenet_05_853.jpg") and lines[5].endswith("thatch")

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from classifiers_jax.models import resnet
 from classifiers_jax.models.cnn import CNN, HEADS, BasicCNN, FastCIFARNet
 from common_jax import activations, loop, optim, parallel
 from common_jax import data as data_lib
@@ -38,7 +39,7 @@ from common_jax.state import NetState, apply_gradients, create_net_state
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("basic", "cnn", "fast")
+ARCHS = ("basic", "cnn", "fast", "resnet50")
 OPTIMIZERS, SCHEDULES = optim.OPTIMIZERS, optim.SCHEDULES
 TOP_K = 5
 # Every enumerated option -> its valid values, taken from the constants the code checks against
@@ -49,6 +50,8 @@ CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
     "model.activation": activations.ACTIVATIONS + tuple(activations.ALIASES),
     "model.head": HEADS,
     "model.dtype": tuple(COMPUTE_DTYPES),
+    "model.layout": resnet.LAYOUTS,
+    "model.preprocess": resnet.PREPROCESSING,
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
     "data.augment": tuple(data_lib.AUGMENTATIONS),
@@ -80,6 +83,12 @@ def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
         raise UserError(f"unknown model '{m.arch}'; set --config.model.arch to one of "
                         f"{', '.join(ARCHS)}")
     dtype = compute_dtype(m)
+    if m.arch == "resnet50":
+        # Inputs stay in [-1, 1]; the model turns them into what its weights were trained on.
+        return resnet.ResNet50(num_classes=m.num_classes or None,
+                               layout=m.get("layout", "keras"),
+                               preprocess=m.get("preprocess", "caffe"), axis_name=axis_name,
+                               dtype=dtype)
     common = {"num_classes": m.num_classes, "channels": m.channels, "width": m.width,
               "activation": m.activation}
     if m.arch == "basic":
@@ -388,6 +397,34 @@ def classify_files(state: ClassifierState, config, paths) -> list[list[tuple[str
         order = np.argsort(-p, kind="stable")
         results.append([(names[i], float(p[i])) for i in order])
     return results
+
+
+def pretrained_state(config: ml_collections.ConfigDict
+                     ) -> tuple[ClassifierState, ml_collections.ConfigDict, dict]:
+    """The pretrained network a config names, for inference without a run.
+
+    Reads `config.model.weights` ("" -> the newest converted file in the cache) and returns
+    (state without optimizer state, the config with the weights' class count and names, the
+    weights' meta: path, sha256, layout, ...).
+    """
+    from classifiers_jax import resnet_weights
+
+    if config.model.arch != "resnet50":
+        raise UserError(f"model.arch '{config.model.arch}' has no pretrained weights; give "
+                        "--workdir of a trained run, or a resnet50 config")
+    variables, meta = resnet_weights.load_resnet50(config.model.get("weights") or None)
+    if meta["layout"] != config.model.layout:
+        raise UserError(f"{meta['path']} holds {meta['layout']}-layout weights but the config "
+                        f"says model.layout={config.model.layout}; set "
+                        f"--config.model.layout={meta['layout']}")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.num_classes = meta["num_classes"] or 0
+    config.data.class_names = tuple(meta["class_names"])
+    net = NetState(params=variables["params"], batch_stats=variables["batch_stats"],
+                   opt_state=())
+    state = ClassifierState(net=net, step=jnp.zeros((), jnp.int32),
+                            key=jax.random.PRNGKey(config.seed))
+    return state, config, meta
 
 
 # ----------------------------------------------------------------------------- entry point
