@@ -38,6 +38,7 @@ REGISTRY: dict[str, str] = {
     "cls_cifar10_fast": "classifiers_jax/configs/cifar10_fast.py",
     "cls_cifar100": "classifiers_jax/configs/cifar100.py",
     "cyclegan_facemask": "gans_jax/configs/cyclegan_facemask.py",
+    "cls_resnet50": "classifiers_jax/configs/resnet50_imagenet.py:torchvision",
 }
 
 _FORCE_FLAG = "--xla_force_host_platform_device_count"

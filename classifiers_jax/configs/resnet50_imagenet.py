@@ -9,13 +9,16 @@ in [-1, 1]); the model maps them back to 0..255 and applies Keras' "caffe" prepr
 ImageNet channel means subtracted), as the weights expect. Class names come from the weights
 file (ImageNet's 1000). model.weights "" takes the newest converted file in the cache.
 No training data here: fine-tuning configs build on this one.
-Variant `smoke`: the base smoke settings (tiny batches; the network keeps its size).
+Variants: `torchvision` (the torchvision layout and preprocessing, for torchvision weights
+converted with `--from torch`, and the benchmarks' PyTorch comparison), `smoke` (the base
+smoke settings: small batches; the network keeps its size); combinable with "+".
 """
 
 from classifiers_jax.configs import base
 
 
 def get_config(variant: str | None = None):
+    names = (variant or "").split("+")
     c = base.get_base_config()
     c.model.arch = "resnet50"
     c.model.num_classes = 1000
@@ -26,4 +29,7 @@ def get_config(variant: str | None = None):
     c.model.weights = ""  # converted .npz; "" -> the newest in ~/.cache/common_jax/resnet50
     c.batch_size = 32
     c.eval_batch_size = 64
-    return base.with_variant(c, variant)
+    if "torchvision" in names:
+        c.model.layout = "torchvision"
+        c.model.preprocess = "torch"
+    return base.with_variant(c, "+".join(n for n in names if n != "torchvision"))
