@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -37,7 +38,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 FROZEN, TRAINABLE = "frozen", "trainable"  # multi_transform labels
 
 # Keys families' configs may predate: read with these defaults (see optimizer_config).
-OPTIONAL_KEYS = {"constant_fraction": 0.5, "freeze": (), "lr_multipliers": ()}
+OPTIONAL_KEYS = {"constant_fraction": 0.5, "freeze": (), "lr_multipliers": (), "unfreeze": (),
+                 "unfreeze_warmup": 0}
 
 
 def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -60,6 +62,12 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
       lr_multipliers: ``(pattern, factor)`` pairs or ``"pattern=factor"`` strings scaling the
         updates (so the learning rate) of the parameters a pattern selects; the first matching
         pattern applies, e.g. ``("backbone/.*=0.1",)``.
+      unfreeze, unfreeze_warmup (optional keys, absent from the defaults): ``"pattern=step"``
+        strings: the parameters a pattern selects get no updates before that step, then a
+        linear ramp over ``unfreeze_warmup`` steps to their full learning rate; e.g.
+        ``("backbone/stage5_.*=500", "backbone/.*=1000")`` trains the head alone, then adds
+        the last stage, then the rest (the first matching pattern applies). The optimizer's
+        state keeps its layout all along, so a run resumes in any phase.
 
     Example: the DCGAN paper's Adam is ``optimizer_config(name="adam", lr=2e-4, b1=0.5)``.
     """
@@ -217,8 +225,10 @@ def _rule(item, what: str) -> tuple[str, float]:
     except (TypeError, ValueError):
         value = float("nan")
     if not pattern or not value >= 0:
-        raise UserError(f"bad --config.{what} entry {item!r}; give 'pattern=factor' strings or "
-                        "(pattern, factor) pairs with factor >= 0, e.g. ('backbone/.*=0.1',)")
+        kind, example = (("step", "backbone/.*=1000") if what.endswith("unfreeze")
+                         else ("factor", "backbone/.*=0.1"))
+        raise UserError(f"bad --config.{what} entry {item!r}; give 'pattern={kind}' strings or "
+                        f"(pattern, {kind}) pairs with {kind} >= 0, e.g. ('{example}',)")
     return str(pattern), value
 
 
@@ -279,6 +289,45 @@ def scale_by_path(*, rules: Sequence[tuple[str, float]]) -> optax.GradientTransf
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+class UnfreezeState(NamedTuple):
+    count: jax.Array  # int32: updates computed so far
+
+
+def scale_by_unfreeze(*, rules: Sequence[tuple[str, float]],
+                      warmup: int = 0) -> optax.GradientTransformation:
+    """Zero updates for each group before its step, then a linear ramp to full over `warmup`
+    steps. Placed last in the chain: the optimizer's own state (momentum, Adam moments) keeps
+    following the gradients of a frozen group, so it is warm when the group starts to move,
+    and decoupled weight decay, part of the update, waits too.
+
+    Args:
+      rules: ``(pattern, start_step)`` pairs; patterns match whole parameter paths, the first
+        match wins; unmatched parameters train from the start.
+      warmup: steps of the ramp after each start (0: full updates at once).
+    """
+    patterns = _compile((p for p, _ in rules), "unfreeze")
+    starts = [int(s) for _, s in rules]
+
+    def factor(count, start):
+        if warmup <= 0:
+            return (count >= start).astype(jnp.float32)
+        return jnp.clip((count - start + 1) / warmup, 0.0, 1.0)
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def scale(key_path, update):
+            i = _first_match(patterns, path_str(key_path))
+            return update if i is None else update * factor(state.count, starts[i]).astype(
+                update.dtype)
+
+        return (jax.tree_util.tree_map_with_path(scale, updates),
+                UnfreezeState(count=optax.safe_int32_increment(state.count)))
+
+    return optax.GradientTransformation(
+        lambda params: UnfreezeState(count=jnp.zeros((), jnp.int32)), update_fn)
+
+
 def _checked(tx: optax.GradientTransformation, groups: dict[str, list[re.Pattern]]):
     # Same transformation and state layout; init also refuses patterns that select nothing.
     def init_fn(params):
@@ -333,15 +382,21 @@ def make_optimizer(opt_cfg, num_steps: int, *,
     tx = _named(opt_cfg, lr, config_path)
     # Patterns are checked here first, so their errors name the config keys to fix.
     what = {key: f"{config_path}.{key}" for key in ("lr_multipliers", "freeze")}
+    what["unfreeze"] = f"{config_path}.unfreeze"
     rules = _multiplier_rules(_get(opt_cfg, "lr_multipliers"), what["lr_multipliers"])
+    starts = _multiplier_rules(_get(opt_cfg, "unfreeze"), what["unfreeze"])
     frozen = tuple(_get(opt_cfg, "freeze"))
     groups = {what["lr_multipliers"]: _compile((p for p, _ in rules), what["lr_multipliers"]),
+              what["unfreeze"]: _compile((p for p, _ in starts), what["unfreeze"]),
               what["freeze"]: _compile(frozen, what["freeze"])}
     if rules:
         tx = optax.chain(tx, scale_by_path(rules=rules))
+    if starts:
+        tx = optax.chain(tx, scale_by_unfreeze(rules=starts,
+                                               warmup=int(_get(opt_cfg, "unfreeze_warmup"))))
     if frozen:
         tx = freeze(tx, patterns=frozen)
-    return _checked(tx, groups) if rules or frozen else tx
+    return _checked(tx, groups) if rules or frozen or starts else tx
 
 
 def describe_groups(opt_cfg, params) -> list[str]:

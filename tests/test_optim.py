@@ -341,3 +341,32 @@ def test_the_classifier_honours_freeze_and_multipliers_added_to_its_section():
     size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
     assert size(net.opt_state) < size(plain.opt_state)
     assert_trees_identical(net.params, plain.params)
+
+
+def test_unfreeze_holds_a_group_until_its_step_then_ramps_it_in():
+    params = {"backbone": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+    o = optim.optimizer_config(name="sgd", lr=0.1, momentum=0.0)
+    o.unfreeze = ("backbone/.*=2",)
+    o.unfreeze_warmup = 2
+    tx = optim.make_optimizer(o, 10)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    moved = []
+    for _ in range(5):
+        updates, state = tx.update(grads, state, params)
+        moved.append((float(updates["backbone"]["kernel"][0, 0]),
+                      float(updates["head"]["kernel"][0, 0])))
+    # the head trains from step 0; the backbone waits for step 2, then half, then full lr
+    np.testing.assert_allclose(moved, [(0, -0.1), (0, -0.1), (-0.05, -0.1), (-0.1, -0.1),
+                                       (-0.1, -0.1)], rtol=1e-6)
+
+
+def test_unfreeze_pattern_that_selects_nothing_or_has_no_step_is_one_line():
+    params = {"head": {"kernel": jnp.ones((2, 2))}}
+    o = optim.optimizer_config()
+    o.unfreeze = ("stage9/.*=5",)
+    with pytest.raises(UserError, match="unfreeze pattern 'stage9/.*' matches no parameter"):
+        optim.make_optimizer(o, 10).init(params)
+    o.unfreeze = ("head/.*",)
+    with pytest.raises(UserError, match="'pattern=step'"):
+        optim.make_optimizer(o, 10)
