@@ -11,6 +11,8 @@
         [--inception]
     python train.py floor --config classifiers_jax/configs/cifar10.py [--split train]
         [--num 10000] [--judge_workdir DIR] [--workdir DIR]
+    python train.py reconstruct --workdir runs/ae_cifar10 a.png b.jpg [--out DIR]
+    python train.py features --workdir runs/ae_cifar10 --split test --out test.npz
 
 `eval` scores a GAN run's latest checkpoint as its config's `metrics` section says (the flags
 override it): judge and/or Inception FID and KID, mode coverage, each with its protocol.
@@ -19,6 +21,15 @@ input, named <name>_<direction>.png, into --out (default <workdir>/translated).
 `floor` scores real images of --split against the config's reference split (metrics section;
 test by default) the same way: the FID a perfect generator would reach; with --workdir it
 also goes into <workdir>/summary.json "floor".
+`reconstruct` runs an autoencoder run on image files and writes one PNG per input, the image
+(centre-cropped and resized to the run's size, as in training, with a log line when it had
+another size) beside its reconstruction, named <name>_recon.png, into --out (default
+<workdir>/reconstructed).
+`features` writes --out (.npz): `features` [N, D] float32 and `labels` [N] of a whole --split
+and `protocol` (a JSON string: run, step, split, resolution, feature dim) from the hook
+`extract_features(config, workdir, split)` of the run's trainer module. The config is the
+latest checkpoint's (else --config, for a network that needs no training). Computed once per
+checkpoint into <workdir>/features/<split>-<step>.npz and reused.
 Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
 printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
 Mistakes in the flags and the config (a missing config file, an unknown variant or key, an
@@ -45,10 +56,11 @@ from ml_collections import config_flags  # noqa: E402
 
 from common_jax.errors import UserError  # noqa: E402
 
-COMMANDS = ("train", "sample", "classify", "eval", "floor", "translate")
-TAKES_FILES = ("classify", "translate")  # the commands whose arguments are image files
+COMMANDS = ("train", "sample", "classify", "eval", "floor", "translate", "reconstruct",
+            "features")
+TAKES_FILES = ("classify", "translate", "reconstruct")  # their arguments are image files
 ROOT = Path(__file__).resolve().parent
-CONFIG_FOLDERS = ("gans_jax/configs", "classifiers_jax/configs")
+CONFIG_FOLDERS = ("gans_jax/configs", "classifiers_jax/configs", "autoencoders_jax/configs")
 log = std_logging.getLogger("__main__")
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally path.py:variant.",
@@ -57,7 +69,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, logs a
 flags.DEFINE_integer("num", 64, "sample: number of images; eval: number of samples scored "
                      "(default: the run's metrics.num_samples).")
 flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png); "
-                    "translate: output folder (default <workdir>/translated).")
+                    "translate: output folder (default <workdir>/translated); reconstruct: "
+                    "output folder (default <workdir>/reconstructed); features: the .npz.")
 flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
 flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
 flags.DEFINE_integer("top", 5, "classify: classes shown per image, most likely first.")
@@ -65,7 +78,8 @@ flags.DEFINE_string("judge_workdir", None, "eval: a classifier run to judge the 
                     "(default: the run's metrics.judge_workdir; \"\" for none).")
 flags.DEFINE_bool("inception", None, "eval: also score with the FID Inception network "
                   "(default: the run's metrics.inception).")
-flags.DEFINE_string("split", "train", "floor: the real split scored against the reference one.")
+flags.DEFINE_string("split", "train", "floor: the real split scored against the reference one; "
+                    "features: the split whose features are written.")
 flags.DEFINE_string("direction", "a2b", "translate: a2b (domain A to B) or b2a.")
 FLAGS = flags.FLAGS
 
@@ -80,7 +94,8 @@ def trainer_module(config):
         if error.name is None or not f"{config.trainer}.".startswith(f"{error.name}."):
             raise
         raise UserError(f"unknown trainer '{config.trainer}'; set --config.trainer to "
-                        "gans_jax.trainers.dcgan or classifiers_jax.trainers.classifier") from None
+                        "gans_jax.trainers.dcgan, classifiers_jax.trainers.classifier or "
+                        "autoencoders_jax.trainers.autoencoder") from None
 
 
 def checked_trainer():
@@ -109,7 +124,7 @@ def start_jax(command: str) -> None:
     parallel.maybe_initialize_distributed()
     if command == "train":
         parallel.use_cpu_cores((FLAGS.config.batch_size, FLAGS.config.get("eval_batch_size", 0)))
-    elif command in ("eval", "floor", "translate"):
+    elif command in ("eval", "floor", "translate", "reconstruct", "features"):
         # sampling, features and translation pad their batches to the device count
         parallel.use_cpu_cores(())
 
@@ -194,6 +209,90 @@ def run_translate(paths: list[str]) -> None:
           f"{int(state.step)}; wrote them to {out}")
 
 
+def run_reconstruct(paths: list[str]) -> None:
+    """Reconstructs image files with an autoencoder run's latest checkpoint, one PNG each."""
+    from common_jax.checkpoint import restore_for_inference
+
+    if not paths:
+        raise_usage("reconstruct needs image files: python train.py reconstruct --workdir DIR "
+                    "a.png b.jpg [--out DIR]")
+    check_files(paths)  # before the slow checkpoint restore
+    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    if not hasattr(trainer, "reconstruct_files"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not reconstruct "
+                    "images; give the --workdir of an autoencoder run")
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "reconstructed")
+    written = trainer.reconstruct_files(state, config, paths, out)
+    print(f"reconstructed {len(written)} images (original | reconstruction) with the "
+          f"checkpoint of step {int(state.step)}; wrote them to {out}")
+
+
+def features_source(workdir: str):
+    """(config, checkpoint step or None) for `features`: the latest checkpoint's config, else
+    --config (a network used as it is built, e.g. from pretrained weights)."""
+    import ml_collections
+
+    from common_jax.checkpoint import Checkpointer
+
+    if (Path(workdir) / "checkpoints").is_dir():
+        checkpointer = Checkpointer(workdir, asynchronous=False)
+        try:
+            steps = checkpointer.steps()
+            if steps:
+                meta = checkpointer.read_meta(steps[-1])
+                return ml_collections.ConfigDict(meta["config"]), steps[-1]
+        finally:
+            checkpointer.close()
+    if FLAGS.config is None:
+        raise_usage(f"no checkpoint in {workdir}; train first, or give --config for a network "
+                    "that needs no training")
+    return FLAGS.config, None
+
+
+def run_features() -> None:
+    """Writes a split's features, labels and protocol (.npz), computed once per checkpoint."""
+    import hashlib
+    import json
+    import shutil
+
+    import numpy as np
+
+    if not FLAGS.out:
+        raise_usage("features needs --out FILE.npz: python train.py features --workdir DIR "
+                    "--split test --out test.npz")
+    config, step = features_source(FLAGS.workdir)
+    trainer = trainer_module(config)
+    if not hasattr(trainer, "extract_features"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which has no features "
+                    "hook (extract_features); give the --workdir of a run that has one")
+    # Without a checkpoint the config alone fixes the network: it names the cache instead.
+    tag = step if step is not None else "config-" + hashlib.sha256(
+        config.to_json(sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(FLAGS.workdir) / "features" / f"{FLAGS.split}-{tag}.npz"
+    if cache.is_file():
+        log.info("reusing %s", cache)
+    else:
+        features, labels, extra = trainer.extract_features(config, FLAGS.workdir, FLAGS.split)
+        features = np.asarray(features, np.float32).reshape(len(features), -1)
+        protocol = {"run": str(Path(FLAGS.workdir).resolve()), "step": step,
+                    "split": FLAGS.split, "resolution": config.model.get("image_size"),
+                    "feature_dim": int(features.shape[1]), "num_examples": len(features),
+                    **extra}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial.npz")  # a killed run leaves no half file behind
+        np.savez(partial, features=features, labels=np.asarray(labels, np.int64),
+                 protocol=json.dumps(protocol))
+        partial.replace(cache)
+    out = Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.resolve() != cache.resolve():
+        shutil.copyfile(cache, out)
+    with np.load(out) as data:
+        shape = data["features"].shape
+    print(f"wrote features {shape[0]} x {shape[1]} of split '{FLAGS.split}' "
+          f"(checkpoint step {step}) to {out}")
+
+
 def run_eval() -> None:
     """Scores the latest checkpoint's EMA generator as its config's `metrics` section says
     (the flags override it) and prints the scores with their protocol."""
@@ -266,7 +365,8 @@ def fail(message: str) -> NoReturn:
 def configure_logging() -> None:
     """Our messages at INFO; libraries (Orbax, TensorFlow) only at WARNING and above."""
     logging.set_verbosity(logging.WARNING)
-    for package in ("common_jax", "gans_jax", "classifiers_jax", "__main__"):
+    for package in ("common_jax", "gans_jax", "classifiers_jax", "autoencoders_jax",
+                    "__main__"):
         std_logging.getLogger(package).setLevel(std_logging.INFO)
 
 
@@ -287,7 +387,7 @@ def main(argv) -> None:
     from common_jax.loop import TrainingDiverged
 
     command = argv[1] if len(argv) > 1 else "train"
-    arguments = argv[2:]  # only classify and translate take any: the image files
+    arguments = argv[2:]  # only classify, translate and reconstruct take any: image files
     try:
         check_command(command, arguments, argv)
         trainer = checked_trainer() if command == "train" else None
@@ -298,8 +398,11 @@ def main(argv) -> None:
             run_classify(arguments)
         elif command == "translate":
             run_translate(arguments)
+        elif command == "reconstruct":
+            run_reconstruct(arguments)
         else:
-            {"sample": run_sample, "eval": run_eval, "floor": run_floor}[command]()
+            {"sample": run_sample, "eval": run_eval, "floor": run_floor,
+             "features": run_features}[command]()
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3)

@@ -1,0 +1,1 @@
+"""Convolutional autoencoders on the shared core (common_jax)."""

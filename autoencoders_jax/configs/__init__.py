@@ -1,0 +1,1 @@
+"""Autoencoder experiment configs."""

@@ -1,0 +1,1 @@
+"""Autoencoder networks."""
