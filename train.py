@@ -4,6 +4,7 @@
     python train.py --config gans_jax/configs/dcgan_mnist.py:smoke --workdir /tmp/smoke \
         --config.num_steps=20
     python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
+    python train.py sample --workdir runs/progan_anime --growth [--num 8]
     python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
     python train.py classify --config classifiers_jax/configs/resnet50_imagenet.py photo.jpg
     python train.py translate --workdir runs/facemask --direction a2b face.png [--out DIR]
@@ -72,6 +73,8 @@ flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.p
                     "translate: output folder (default <workdir>/translated); reconstruct: "
                     "output folder (default <workdir>/reconstructed); features: the .npz.")
 flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
+flags.DEFINE_bool("growth", False, "sample: a ProGAN run's growth strip instead: the same "
+                  "z at every resolution reached (default --out <workdir>/growth.png).")
 flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
 flags.DEFINE_integer("top", 5, "classify: classes shown per image, most likely first.")
 flags.DEFINE_string("judge_workdir", None, "eval: a classifier run to judge the samples with "
@@ -123,10 +126,18 @@ def start_jax(command: str) -> None:
 
     parallel.maybe_initialize_distributed()
     if command == "train":
-        parallel.use_cpu_cores((FLAGS.config.batch_size, FLAGS.config.get("eval_batch_size", 0)))
+        parallel.use_cpu_cores(train_batch_sizes(FLAGS.config))
     elif command in ("eval", "floor", "translate", "reconstruct", "features"):
         # sampling, features and translation pad their batches to the device count
         parallel.use_cpu_cores(())
+
+
+def train_batch_sizes(config) -> tuple[int, ...]:
+    """Every global batch size a run trains or evaluates with (a growing GAN has one per
+    resolution, in schedule.batch_sizes)."""
+    schedule = config.get("schedule") or {}
+    return (config.get("batch_size", 0), config.get("eval_batch_size", 0),
+            *schedule.get("batch_sizes", ()))
 
 
 def run_train(trainer) -> None:
@@ -149,6 +160,8 @@ def run_sample() -> None:
     if not hasattr(trainer, "generate"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not generate "
                     "images; give the --workdir of a GAN run")
+    if FLAGS.growth:
+        return run_growth(config, state, trainer)
     images = trainer.generate(state, trainer.sample_z(config, FLAGS.num, FLAGS.seed), config,
                               use_ema=FLAGS.ema)
     from common_jax.writers import save_image_grid
@@ -158,6 +171,18 @@ def run_sample() -> None:
     save_image_grid(images, out, scale=scale)
     print(f"wrote {len(images)} samples from step {int(state.step)} "
           f"({'EMA' if FLAGS.ema else 'raw'} weights) to {out}")
+
+
+def run_growth(config, state, trainer) -> None:
+    """Writes a ProGAN run's growth strip: rows of z, one column per resolution reached."""
+    if not hasattr(trainer, "save_growth_strip"):
+        raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not grow; "
+                    "--growth needs a ProGAN run")
+    num = FLAGS.num if FLAGS["num"].present else trainer.GROWTH_SAMPLES
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "growth.png")
+    trainer.save_growth_strip(state, config, out, num=num, seed=FLAGS.seed)
+    print(f"wrote the growth strip of {num} samples from step {int(state.step)} (EMA "
+          f"weights) to {out}")
 
 
 def run_classify(paths: list[str]) -> None:
