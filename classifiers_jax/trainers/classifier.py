@@ -50,8 +50,6 @@ CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
     "model.activation": activations.ACTIVATIONS + tuple(activations.ALIASES),
     "model.head": HEADS,
     "model.dtype": tuple(COMPUTE_DTYPES),
-    "model.layout": resnet.LAYOUTS,
-    "model.preprocess": resnet.PREPROCESSING,
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
     "data.augment": tuple(data_lib.AUGMENTATIONS),
