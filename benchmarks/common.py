@@ -38,6 +38,7 @@ REGISTRY: dict[str, str] = {
     "cls_cifar10_fast": "classifiers_jax/configs/cifar10_fast.py",
     "cls_cifar100": "classifiers_jax/configs/cifar100.py",
     "cyclegan_facemask": "gans_jax/configs/cyclegan_facemask.py",
+    "ae_cifar10": "autoencoders_jax/configs/cifar10.py",
     "cls_resnet50": "classifiers_jax/configs/resnet50_imagenet.py:torchvision",
 }
 

@@ -20,6 +20,7 @@ The step does what the JAX step does, with the same optimizer settings and batch
   discriminators on real images and the step's fakes passed through a 50-image pool per domain,
   real and pooled fake in one pass, the loss halved. The pool is the reference's: filled first,
   then each fake swaps with a random stored one half of the time. Learning rate at its peak.
+- autoencoder: the mean squared reconstruction error, Adam at the peak learning rate.
 The memory layout (NCHW or channels_last) is chosen per model by timing both for two steps in
 eager mode; `torch.compile` compiles the networks (forward and backward) and runs with that
 layout, its compile time reported separately; a failure is recorded with its reason.
@@ -213,6 +214,22 @@ def classifier_step(torch, config, net, memory_format) -> Callable[[], None]:
     return run
 
 
+def autoencoder_step(torch, config, net, memory_format) -> Callable[[], None]:
+    """One autoencoder train step (MSE, Adam) on a fixed synthetic batch."""
+    m, o = config.model, config.optimizer
+    opt = _adam(torch, net.parameters(), o.lr, o.b1, o.b2)
+    images = (torch.rand(config.batch_size, m.channels, m.image_size, m.image_size) * 2 - 1
+              ).contiguous(memory_format=memory_format)
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.mean((net(images) - images) ** 2)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
 def build_step(torch, config, memory_format, *, compile: bool) -> Callable[[], None]:
     """Fresh, seeded twin networks and their train step, optionally under torch.compile."""
     from benchmarks import torch_models
@@ -226,6 +243,11 @@ def build_step(torch, config, memory_format, *, compile: bool) -> Callable[[], N
             # requires_grad settings, one graph each instead of a dynamic-shape recompile.
             nets = {k: torch.compile(net, dynamic=False) for k, net in nets.items()}
         return cyclegan_step(torch, config, nets, memory_format)
+    if config.trainer == torch_models.AUTOENCODER_TRAINER:
+        net = torch_models.autoencoder_from_config(config).to(memory_format=memory_format)
+        net = net.train()
+        return autoencoder_step(torch, config, torch.compile(net) if compile else net,
+                                memory_format)
     if common.family(config) == "gan":
         g, d = torch_models.dcgan_from_config(config)
         g.memory_format = memory_format

@@ -14,6 +14,8 @@ model at the same config (tests/test_benchmarks.py checks the counts):
   N(0, 0.02). As in the Flax model, a conv followed by a norm has no bias (the norm's mean
   subtraction cancels it), unlike the reference: 5,248 (G) and 896 (D) fewer parameters at
   ngf = ndf = 64, and the same operations up to those bias additions.
+- `ConvAutoencoder` (autoencoders_jax/models/conv_ae.py) without normalisation, with
+  transposed-conv (k4 s2 p1, bias-free) upsampling and either bottleneck.
 Layouts differ where the frameworks differ (NCHW, weights [out, in, kh, kw]); that moves no
 parameter and changes no operation count. `unsupported(config)` names any configured choice a
 twin does not mirror (other up/downsampling, norms, spectral norm, losses, ...).
@@ -403,9 +405,52 @@ def cyclegan_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+# ----------------------------------------------------------------------------- autoencoder
+
+
+class ConvAutoencoder(nn.Module):
+    """The Flax ConvAutoencoder with norm "none" and upsample "transpose4": a 3x3 conv, then per
+    stage a strided 4x4 conv and (convs_per_stage - 1) 3x3 convs; a dense ("vector") or 1x1
+    ("map") bottleneck and back; per stage (reversed) 3x3 convs then a bias-free transposed
+    conv; a 3x3 conv to the pixels and tanh."""
+
+    def __init__(self, image_size: int, channels: int, widths, latent_kind: str,
+                 latent_size: int, convs_per_stage: int, act: str):
+        super().__init__()
+        side = image_size // 2 ** len(widths)
+        top = widths[-1]
+        enc = [nn.Conv2d(channels, widths[0], 3, 1, 1), activation(act)]
+        cin = widths[0]
+        for w in widths:
+            enc += [nn.Conv2d(cin, w, 4, 2, 1), activation(act)]
+            for _ in range(convs_per_stage - 1):
+                enc += [nn.Conv2d(w, w, 3, 1, 1), activation(act)]
+            cin = w
+        if latent_kind == "vector":
+            enc += [nn.Flatten(), nn.Linear(side * side * top, latent_size)]
+            dec = [nn.Linear(latent_size, side * side * top), nn.Unflatten(1, (top, side, side))]
+        else:
+            enc += [nn.Conv2d(top, latent_size // (side * side), 1)]
+            dec = [nn.Conv2d(latent_size // (side * side), top, 1)]
+        dec += [activation(act)]
+        cin = top
+        for w in reversed(widths):
+            for _ in range(convs_per_stage - 1):
+                dec += [nn.Conv2d(cin, w, 3, 1, 1), activation(act)]
+                cin = w
+            dec += [nn.ConvTranspose2d(cin, w, 4, 2, 1, bias=False), activation(act)]
+            cin = w
+        dec += [nn.Conv2d(cin, channels, 3, 1, 1), nn.Tanh()]
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
 # ----------------------------------------------------------------------------- from configs
 
 CYCLEGAN_TRAINER = "gans_jax.trainers.cyclegan"
+AUTOENCODER_TRAINER = "autoencoders_jax.trainers.autoencoder"
 
 _DCGAN_DEFAULTS = {"upsample": "transpose4", "downsample": "strided", "g_norm": "batch",
                    "d_norm": "batch", "d_spectral_norm": False, "g_activation": "relu",
@@ -419,6 +464,8 @@ def unsupported(config) -> str | None:
     m = config.model
     if config.trainer == CYCLEGAN_TRAINER:
         return cyclegan_unsupported(config)
+    if config.trainer == AUTOENCODER_TRAINER:
+        return autoencoder_unsupported(config)
     if config.trainer.startswith("gans_jax."):
         for key, value in _DCGAN_DEFAULTS.items():
             if m.get(key, value) != value:
@@ -459,6 +506,26 @@ def cyclegan_unsupported(config) -> str | None:
     return None
 
 
+def autoencoder_unsupported(config) -> str | None:
+    """Why an autoencoder config has no twin: a norm, another upsampling, loss or optimizer."""
+    m = config.model
+    if m.norm != "none" or m.upsample != "transpose4":
+        return "only model.norm='none' with model.upsample='transpose4' has a PyTorch twin"
+    if m.activation not in ACTIVATIONS and m.activation != "leaky_relu":
+        return f"model.activation={m.activation!r} has no PyTorch twin"
+    if config.loss.kind != "mse" or config.loss.ssim_weight:
+        return "only the MSE loss without an SSIM term has a PyTorch twin"
+    if config.optimizer.name != "adam" or config.optimizer.weight_decay:
+        return "only Adam without weight decay has a PyTorch twin"
+    return None
+
+
+def autoencoder_from_config(config) -> ConvAutoencoder:
+    m = config.model
+    return ConvAutoencoder(m.image_size, m.channels, tuple(m.widths), m.latent_kind,
+                           m.latent_size, m.convs_per_stage, m.activation)
+
+
 def cyclegan_from_config(config) -> dict[str, nn.Module]:
     """The four networks, named as in CycleGANState: g_ab, g_ba, d_a, d_b."""
     m = config.model
@@ -478,6 +545,8 @@ def twins_from_config(config) -> dict[str, nn.Module]:
     four)."""
     if config.trainer == CYCLEGAN_TRAINER:
         return cyclegan_from_config(config)
+    if config.trainer == AUTOENCODER_TRAINER:
+        return {"net": autoencoder_from_config(config)}
     if config.trainer.startswith("gans_jax."):
         return dict(zip(("g", "d"), dcgan_from_config(config), strict=True))
     return {"net": classifier_from_config(config)}

@@ -94,7 +94,7 @@ def latent_map(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks any autoencoder config to a run of seconds (tests, quick checks)."""
     c.model.widths = (4, 8)
-    c.model.latent_size = 32
+    c.model.latent_size = 64  # a "map" at 32x32 (8x8 cells) or 16x16 (4x4) holds it
     c.batch_size = 16
     c.eval_batch_size = 64
     c.num_steps = 6
