@@ -12,6 +12,10 @@
         --sizes 64,128,256,384 [--out bicubic.json]
     python -m autoencoders_jax.baselines features --kind pixels|random --workdir RUN \
         --split train --out FILE.npz
+    python -m autoencoders_jax.baselines grid --workdirs RUN1,RUN2 --out grid.png
+
+`grid` draws the first --num test images (top row), then for each run its reconstructions and
+the bicubic round trip at the same number of stored values, one row each.
 """
 
 from __future__ import annotations
@@ -133,9 +137,47 @@ def baseline_features(kind: str, config, split: str) -> tuple[np.ndarray, np.nda
     return features, labels, protocol
 
 
+def comparison_grid(workdirs: list[str], out: str, num: int = 10) -> Path:
+    """Originals, then per run: its reconstructions and the bicubic round trip at its latent
+    size; cells enlarged 3x."""
+    import jax.numpy as jnp
+
+    from autoencoders_jax.trainers import autoencoder
+    from common_jax import data as data_lib
+    from common_jax.checkpoint import restore_for_inference
+    from common_jax.writers import image_grid
+
+    rows, first = [], None
+    for workdir in workdirs:
+        config, state, _ = restore_for_inference(workdir, lambda _: autoencoder)
+        m = config.model
+        if first is None:
+            source = data_lib.load_source(config.data, split=config.data.eval_split)
+            first = autoencoder.spread_images(source, num, m.image_size, m.channels)
+            rows.append(first)
+        frozen = ml_collections_frozen(config)
+        rows.append(np.asarray(autoencoder._reconstruct_jit(state, jnp.asarray(first), frozen)))
+        side = bicubic_side(m.latent_size, m.channels)
+        rows.append(np.asarray(bicubic_roundtrip(jnp.asarray(first), side)))
+    cells = np.concatenate(rows).repeat(3, axis=1).repeat(3, axis=2)
+    grid = image_grid(cells, columns=num)
+    from PIL import Image
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(out)
+    return Path(out)
+
+
+def ml_collections_frozen(config):
+    import ml_collections
+
+    return ml_collections.FrozenConfigDict(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Autoencoder baselines (module docstring).")
-    parser.add_argument("command", choices=("bicubic", "features"))
+    parser.add_argument("command", choices=("bicubic", "features", "grid"))
+    parser.add_argument("--workdirs", help="grid: comma-separated runs, one row pair each")
     parser.add_argument("--config", default="autoencoders_jax/configs/cifar10.py",
                         help="bicubic: the config whose evaluation split is scored")
     parser.add_argument("--sizes", default="64,128,256,384", help="bicubic: stored values k")
@@ -157,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['psnr']:.3f} dB, SSIM {r['ssim']:.4f}, MSE {r['mse']:.6f}")
             if args.out:
                 Path(args.out).write_text(json.dumps(result, indent=2))
+        elif args.command == "grid":
+            if not args.workdirs or not args.out:
+                raise UserError("grid needs --workdirs RUN1,RUN2 and --out FILE.png")
+            path = comparison_grid(args.workdirs.split(","), args.out)
+            print(f"wrote {path}")
         else:
             if not args.workdir or not args.out:
                 raise UserError("features needs --workdir RUN and --out FILE.npz")

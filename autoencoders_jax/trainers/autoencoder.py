@@ -15,6 +15,7 @@ originals in the top row, their reconstructions below.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -219,9 +220,7 @@ class Evaluation:
             log.info("evaluation: %s, %d examples", source.name, source.num_examples)
         else:
             log.info("no evaluation split (data.eval_split is empty); evaluation is skipped")
-        n = min(GRID_IMAGES, source.num_examples)
-        self.grid_images = next(data_lib.make_eval_iterator(
-            source, batch_size=n, image_size=m.image_size, channels=m.channels))["image"][:n]
+        self.grid_images = spread_images(source, GRID_IMAGES, m.image_size, m.channels)
 
     def evaluate(self, state: AEState, step: int, writer, *, final: bool = False) -> None:
         if self.evaluator is None:
@@ -241,6 +240,19 @@ class Evaluation:
                                             ml_collections.FrozenConfigDict(self.config)))
         writer.write_image_grid(step, "reconstructions",
                                 pair_grid(self.grid_images, recon), final=final)
+
+
+def spread_images(source: data_lib.ImageSource, num: int, image_size: int, channels: int
+                  ) -> np.ndarray:
+    """`num` images evenly spaced over a split [n, S, S, C] in [-1, 1]: fixed, so grids of
+    different steps compare, and spread over the classes of a split stored class by class."""
+    index = np.linspace(0, source.num_examples - 1, min(num, source.num_examples)).astype(int)
+    subset = dataclasses.replace(
+        source, images=None if source.images is None else source.images[index],
+        paths=None if source.paths is None else [source.paths[i] for i in index],
+        labels=None if source.labels is None else source.labels[index])
+    return next(data_lib.make_eval_iterator(subset, batch_size=len(index), image_size=image_size,
+                                            channels=channels))["image"]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
