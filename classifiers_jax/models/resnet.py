@@ -41,8 +41,7 @@ from common_jax.errors import UserError
 LAYOUTS = ("keras", "torchvision")
 PREPROCESSING = ("caffe", "torch")
 STAGES = ((2, 64, 3), (3, 128, 4), (4, 256, 6), (5, 512, 3))  # (stage, width, blocks)
-EXPANSION = 4
-FEATURES = 2048
+EXPANSION = 4  # a bottleneck's output width over its inner width (2048 features at the end)
 # Keras "caffe" mode: BGR order, ImageNet channel means subtracted, no scaling.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # torchvision: RGB in [0, 1], standardised per channel.
