@@ -38,6 +38,12 @@ REGISTRY: dict[str, str] = {
     "cls_cifar10_fast": "classifiers_jax/configs/cifar10_fast.py",
     "cls_cifar100": "classifiers_jax/configs/cifar100.py",
     "cyclegan_facemask": "gans_jax/configs/cyclegan_facemask.py",
+    # ProGAN: the step at each resolution (the run stopped growing there, last stage)
+    "progan_anime_4": "gans_jax/configs/progan_anime.py:at4",
+    "progan_anime_8": "gans_jax/configs/progan_anime.py:at8",
+    "progan_anime_16": "gans_jax/configs/progan_anime.py:at16",
+    "progan_anime_32": "gans_jax/configs/progan_anime.py:at32",
+    "progan_anime_64": "gans_jax/configs/progan_anime.py:at64",
     "ae_cifar10": "autoencoders_jax/configs/cifar10.py",
     "cls_resnet50": "classifiers_jax/configs/resnet50_imagenet.py:torchvision",
 }
@@ -120,6 +126,14 @@ def select(only: list[str] | None, default: list[str] | None = None) -> dict[str
 def config_values(config) -> dict[str, Any]:
     """The whole config as plain JSON values, for the record."""
     return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def batch_size(config) -> int:
+    """The global batch of the step a model's benchmarks time: `batch_size`, or for a
+    growing GAN (ProGAN) its last stage's, `schedule.batch_sizes[-1]`."""
+    if "schedule" in config and "batch_sizes" in config.schedule:
+        return int(config.schedule.batch_sizes[-1])
+    return config.batch_size
 
 
 def family(config) -> str:

@@ -232,9 +232,15 @@ def autoencoder_step(torch, config, net, memory_format) -> Callable[[], None]:
 
 def build_step(torch, config, memory_format, *, compile: bool) -> Callable[[], None]:
     """Fresh, seeded twin networks and their train step, optionally under torch.compile."""
-    from benchmarks import torch_models
+    from benchmarks import torch_models, torch_progan
 
     torch.manual_seed(config.seed)
+    if config.trainer == torch_progan.TRAINER:
+        nets = {k: net.to(memory_format=memory_format).train()
+                for k, net in torch_progan.from_config(config).items()}
+        if compile:
+            nets = {k: torch.compile(net, dynamic=False) for k, net in nets.items()}
+        return torch_progan.train_step(config, nets["g"], nets["d"], memory_format)
     if config.trainer == torch_models.CYCLEGAN_TRAINER:
         nets = {k: net.to(memory_format=memory_format).train()
                 for k, net in torch_models.cyclegan_from_config(config).items()}
@@ -305,7 +311,7 @@ def contestants(config, *, compile: bool = True, channels_last: str = "auto",
     else:
         fmt = torch.channels_last if channels_last == "on" else torch.contiguous_format
         info = {"memory_format": "channels_last" if channels_last == "on" else "contiguous"}
-    batch = config.batch_size
+    batch = common.batch_size(config)
     info["threads"] = torch.get_num_threads()
     out = [common.Contestant("torch_eager", _runner(build_step(torch, config, fmt,
                                                                compile=False)), batch, dict(info))]
@@ -344,8 +350,8 @@ def main(argv=None) -> dict:
     record = common.header("torch_baselines", args)
     record["results"] = {}
     for name, spec, config in common.model_configs(args):
-        print(f"{name} ({spec}, batch {config.batch_size})")
-        entry = {"config": spec, "batch": config.batch_size,
+        print(f"{name} ({spec}, batch {common.batch_size(config)})")
+        entry = {"config": spec, "batch": common.batch_size(config),
                  "config_values": common.config_values(config)}
         found, skipped = contestants(config, compile=not args.no_compile,
                                      channels_last=args.channels_last)

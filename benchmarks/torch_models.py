@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmarks import torch_progan
 from gans_jax.models.dcgan import geometry
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "elu": nn.ELU,
@@ -462,6 +463,8 @@ _GAN_LOSS_DEFAULTS = {"kind": "non_saturating", "gradient_penalty": 0.0, "r1": 0
 def unsupported(config) -> str | None:
     """Why a config has no PyTorch twin here, or None when it has one."""
     m = config.model
+    if config.trainer == torch_progan.TRAINER:
+        return torch_progan.unsupported(config)
     if config.trainer == CYCLEGAN_TRAINER:
         return cyclegan_unsupported(config)
     if config.trainer == AUTOENCODER_TRAINER:
@@ -543,6 +546,8 @@ def cyclegan_from_config(config) -> dict[str, nn.Module]:
 def twins_from_config(config) -> dict[str, nn.Module]:
     """Every network of a config's twin, named as in its Flax state (g/d, net, or CycleGAN's
     four)."""
+    if config.trainer == torch_progan.TRAINER:
+        return torch_progan.from_config(config)
     if config.trainer == CYCLEGAN_TRAINER:
         return cyclegan_from_config(config)
     if config.trainer == AUTOENCODER_TRAINER:

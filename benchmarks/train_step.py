@@ -45,14 +45,16 @@ class JaxStep:
                  mode: str = "shard_map"):
         self.config = config
         self.dp = DataParallel(mode, jax.devices()[:devices])
-        self.dp.check_batch_size(config.batch_size)
+        self.dp.check_batch_size(common.batch_size(config))
         trainer = importlib.import_module(config.trainer)
         task = trainer.make_task(config)
         self.state = self.dp.put_state(task.create_state())
         self.params = param_counts(self.state, self.dp)
-        self.batch = self.dp.put_batch(synthetic_batch(config, tuple(task.stages[0].streams)))
+        # The last stage: the only one of most tasks; a growing GAN's final resolution.
+        stage = task.stages[-1]
+        self.batch = self.dp.put_batch(synthetic_batch(config, tuple(stage.streams)))
         start = time.perf_counter()
-        step = task.stages[0].train_step
+        step = stage.train_step
         self.compiled = self.dp.compile(step).lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
 
@@ -73,7 +75,7 @@ class JaxStep:
         jax.block_until_ready(metrics)
 
     def contestant(self, name: str = "jax") -> common.Contestant:
-        return common.Contestant(name, self.run, self.config.batch_size, {
+        return common.Contestant(name, self.run, common.batch_size(self.config), {
             "devices": self.dp.num_devices, "parallel": self.dp.mode,
             "compile_s": round(self.compile_s, 2), "params": self.params,
             "flops_per_step": self.flops_per_step(), "xla_memory": self.memory()})
@@ -111,12 +113,12 @@ def is_cyclegan(config) -> bool:
 def synthetic_batch(config, streams: tuple[str, ...] = ("train",)) -> dict:
     """A batch shaped like the loop's: images in [-1, 1] and int32 labels; with several
     streams (CycleGAN's "a" and "b"), one such batch per stream under its name."""
-    m = config.model
+    m, batch = config.model, common.batch_size(config)
     rng = np.random.RandomState(0)
 
     def one() -> dict[str, np.ndarray]:
-        images = rng.uniform(-1, 1, (config.batch_size, m.image_size, m.image_size, m.channels))
-        labels = rng.randint(0, m.get("num_classes", 10), config.batch_size)
+        images = rng.uniform(-1, 1, (batch, m.image_size, m.image_size, m.channels))
+        labels = rng.randint(0, m.get("num_classes", 10), batch)
         return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
 
     return one() if len(streams) == 1 else {name: one() for name in streams}
@@ -193,7 +195,7 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
         common.warm_up(c, warmup=args.warmup, steps=args.steps, round_seconds=args.round_seconds)
     common.alternate(contestants, args.repeats, log)
 
-    entry: dict[str, Any] = {"batch": config.batch_size,
+    entry: dict[str, Any] = {"batch": common.batch_size(config),
                              "image_shape": [config.model.image_size] * 2 + [config.model.channels]}
     if is_cyclegan(config):
         # A step translates `batch` images each way: the rates count pairs (a, b), per step
@@ -212,6 +214,9 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
     entry["ratios"] = ratios(entry)
     if is_cyclegan(config):
         entry["input"] = {"skipped": "skipped: two-stream (unpaired) input not measured here"}
+    elif "schedule" in config:
+        entry["input"] = {"skipped": "skipped: one input pipeline per resolution, not "
+                                     "measured here"}
     elif not args.no_input:
         entry["input"] = input_pipeline.measure(
             config, step=step, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
@@ -270,7 +275,7 @@ def main(argv=None, *, reexec: bool = False) -> dict:
     print(f"float32 XLA matmul peak ({args.peak_size}²): {xla_peak.get('gflops_best')} GFLOP/s")
     record["results"] = {}
     for name, spec, config in common.model_configs(args):
-        print(f"{name} ({spec}, batch {config.batch_size})")
+        print(f"{name} ({spec}, batch {common.batch_size(config)})")
         record["results"][name] = {
             "config": spec, **measure_model(config, args, xla_peak.get("gflops_best")),
             "config_values": common.config_values(config)}

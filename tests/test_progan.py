@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,8 +223,9 @@ def final_state(workdir: Path, config):
 
 @pytest.fixture(scope="module")
 def straight_run(faces, tmp_path_factory):
-    """The whole smoke schedule uninterrupted, metrics logged every step, with the traces of
-    the step counted per resolution (the body of a jitted function runs only while tracing)."""
+    """The whole smoke schedule uninterrupted, metrics logged every step, checkpoints at steps
+    3, 6, 9 and 10, and the traces of the step counted per resolution (the body of a jitted
+    function runs only while tracing)."""
     workdir = tmp_path_factory.mktemp("straight")
     traces = collections.Counter()
     original = progan.train_step
@@ -234,7 +236,8 @@ def straight_run(faces, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(progan, "train_step", counted)
-        summary = progan.train_and_evaluate(smoke_config(faces, log_every=1), workdir)
+        summary = progan.train_and_evaluate(smoke_config(
+            faces, log_every=1, checkpoint_every=3, keep_checkpoints=5), workdir)
     return workdir, summary, traces
 
 
@@ -272,11 +275,12 @@ def test_run_writes_grids_per_resolution_the_growth_strip_and_metrics(straight_r
 
 def test_run_stopped_mid_fade_and_resumed_equals_the_uninterrupted_run(faces, straight_run,
                                                                        tmp_path):
-    # step 3 is the first fade step at 8x8 (alpha 0 -> 0.5 next); resuming also crosses the
-    # 16x16 stage's start, where Adam's moments are reset
+    # The straight run's checkpoint at step 3 (after the first fade step at 8x8: alpha 0, the
+    # next 0.5), alone in a workdir as a run stopped there leaves it; resuming also crosses the
+    # 16x16 stage's start, where Adam's moments are reset.
     workdir, _, _ = straight_run
     config = smoke_config(faces)
-    progan.train_and_evaluate(smoke_config(faces, num_steps=3), tmp_path)
+    shutil.copytree(workdir / "checkpoints" / "3", tmp_path / "checkpoints" / "3")
     stopped, meta = final_state(tmp_path, progan.resolved(config))
     assert int(stopped.step) == 3 and meta["data"]["streams"] == {"train": {"examples": 24}}
     summary = progan.train_and_evaluate(config, tmp_path)
@@ -315,3 +319,36 @@ def test_train_py_refuses_a_bad_schedule_in_one_line(faces, tmp_path):
     assert "Traceback" not in result.stderr
     assert "schedule.batch_sizes has 3 entries but growing to 32x32 needs 4" in (
         result.stderr.strip().splitlines()[-1])
+
+
+def test_benchmark_times_the_step_at_each_resolution_beside_its_torch_twin(tmp_path):
+    from benchmarks import common, torch_baselines, train_step
+
+    names = [f"progan_anime_{r}" for r in (4, 8, 16, 32, 64)]
+    assert set(names) <= set(common.REGISTRY)
+    record = train_step.main(["--tiny", "--out", str(tmp_path), "--tag", "test", "--only",
+                              "progan_anime_16", "--no-torch-compile", "--devices", "2",
+                              "--channels-last", "off", "--repeats", "1"])
+    entry = record["results"]["progan_anime_16"]
+    assert entry["config"].endswith("progan_anime.py:at16+smoke")
+    assert entry["batch"] == 8 and entry["image_shape"] == [16, 16, 3]
+    assert entry["jax"]["images_per_s"] > 0 and entry["jax"]["flops_per_step"] > 0
+    assert entry["input"]["skipped"].startswith("skipped: one input pipeline per resolution")
+    if common.import_torch() is None:
+        assert entry["torch"] == torch_baselines.NOT_INSTALLED
+        return
+    from benchmarks import torch_models
+
+    assert entry["torch_eager"]["images_per_s"] > 0
+    for name in names:  # the twins hold every resolution's layers, as the Flax state does
+        config = common.load_config(common.REGISTRY[name])
+        state = jax.eval_shape(lambda c=config: progan.create_state(c))
+        twins = torch_models.twins_from_config(config)
+        for net in ("g", "d"):
+            flax_sizes = sorted(int(np.prod(x.shape))
+                                for x in jax.tree.leaves(getattr(state, net).params))
+            assert sorted(p.numel() for p in twins[net].parameters()) == flax_sizes, (name, net)
+    entry["params"] = entry["jax"]["params"]
+    config = common.load_config(entry["config"])
+    assert entry["params"] == {k: torch_models.count_parameters(v)
+                               for k, v in torch_models.twins_from_config(config).items()}

@@ -12,7 +12,7 @@ import ml_collections
 
 from common_jax.errors import UserError
 
-VARIANTS = ("smoke",)
+VARIANTS = ("smoke", "at<R>")
 PAPER_IMAGES_PER_PHASE = 800_000  # images shown in each fade and each stabilise phase
 
 
@@ -69,13 +69,36 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def with_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
-    """Applies a named variant (only `smoke` so far); an unknown name is a UserError."""
-    if variant == "smoke":
-        return smoke(c)
-    if variant:
-        raise UserError(f"unknown config variant '{variant}'; ProGAN configs have: "
+    """Applies named variants, joined by '+' (e.g. "at16+smoke"): `smoke`, then `at<R>`.
+    An unknown name is a UserError."""
+    names = [name for name in (variant or "").split("+") if name]
+    unknown = [n for n in names if n != "smoke" and not (n.startswith("at") and n[2:].isdigit())]
+    if unknown:
+        raise UserError(f"unknown config variant '{unknown[0]}'; ProGAN configs have: "
                         f"{', '.join(VARIANTS)}; put one after the ':' in --config "
                         "(e.g. progan_anime.py:smoke) or leave the ':' out")
+    if "smoke" in names:
+        c = smoke(c)
+    for name in names:
+        if name != "smoke":
+            c = grown_to(c, int(name[2:]))
+    return c
+
+
+def grown_to(c: ml_collections.ConfigDict, resolution: int) -> ml_collections.ConfigDict:
+    """`at<R>`: the same run stopped growing at R x R (the schedule's lists cut, or extended by
+    their last entry). The benchmarks time its last stage: the train step at R x R."""
+    n = max(1, resolution.bit_length() - 2)  # resolutions 4 .. R; R itself is checked later
+    s = c.schedule
+
+    def fitted(values, length):
+        values = list(values)
+        return (values + values[-1:] * length)[:length]
+
+    c.model.image_size = resolution
+    s.batch_sizes = fitted(s.batch_sizes, n)
+    s.fade_images = fitted(s.fade_images, n - 1) if n > 1 else []
+    s.stable_images = fitted(s.stable_images, n)
     return c
 
 
