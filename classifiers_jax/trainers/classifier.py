@@ -111,13 +111,50 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def create_state(config: ml_collections.ConfigDict) -> ClassifierState:
-    """A fresh state, deterministic from ``config.seed``."""
+    """A fresh state, deterministic from ``config.seed`` (and the pretrained weights, if any)."""
     key_init, key_train = jax.random.split(jax.random.PRNGKey(config.seed))
     m = config.model
     images = jnp.zeros((1, m.image_size, m.image_size, m.channels))
     variables = make_model(config).init(key_init, images, train=False)
+    if m.get("pretrained", False):
+        variables = with_pretrained(variables, config)
     return ClassifierState(net=create_net_state(variables, make_optimizer(config)),
                            step=jnp.zeros((), jnp.int32), key=key_train)
+
+
+def with_pretrained(variables: dict, config: ml_collections.ConfigDict) -> dict:
+    """`variables` with the backbone of ``config.model.weights`` (ImageNet ResNet50) merged in.
+
+    The head is new whenever its class count differs from the weights' (CIFAR-10's 10 classes
+    against ImageNet's 1000): it keeps its fresh initialisation. Anything else that does not
+    fit stops with one line, before training, and nothing is half-merged.
+    """
+    from classifiers_jax import resnet_weights
+    from common_jax import pretrained
+
+    if config.model.arch != "resnet50":
+        raise UserError(f"model.pretrained needs model.arch=resnet50, not "
+                        f"'{config.model.arch}'; set --config.model.pretrained=False")
+    weights, meta = resnet_weights.load_resnet50(config.model.get("weights") or None)
+    if meta["layout"] != config.model.layout:
+        raise UserError(f"{meta['path']} holds {meta['layout']}-layout weights but the config "
+                        f"says model.layout={config.model.layout}; set "
+                        f"--config.model.layout={meta['layout']}")
+    new_head = meta["num_classes"] != config.model.num_classes
+    merged, report = pretrained.merge_pretrained(
+        variables, weights, skip=(".*/head/.*",) if new_head else ())
+    for line in pretrained.describe(report):
+        log.info(line)
+    log.info("pretrained weights: %s (sha256 %s)", meta["path"], meta["sha256"])
+    return merged
+
+
+def batch_norm_trains(config: ml_collections.ConfigDict) -> bool:
+    """Whether batch norm normalises with the batch's statistics (and updates its running
+    averages) in training steps. ``model.batch_norm_frozen`` keeps the running statistics of
+    pretrained weights instead: small fine-tuning batches of upsampled images would replace
+    ImageNet's statistics with noisy ones."""
+    return not config.model.get("batch_norm_frozen", False)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -141,7 +178,8 @@ def train_step(state: ClassifierState, batch: dict, *, config: ml_collections.Co
     images, labels = batch["image"], batch["label"]
 
     def loss_fn(params):
-        logits, updates = model.apply(state.net.variables(params), images, train=True,
+        logits, updates = model.apply(state.net.variables(params), images,
+                                      train=batch_norm_trains(config),
                                       mutable=["batch_stats"], rngs={"dropout": key})
         loss = cross_entropy(logits, labels, config.loss.label_smoothing).mean()
         return loss, (logits, updates.get("batch_stats", state.net.batch_stats))

@@ -1,0 +1,215 @@
+"""ResNet50 ImageNet features for small image data sets (CIFAR-10), and a linear head on them.
+
+    python -m classifiers_jax.transfer --resolution 64 128 [--out probe.json]
+    python -m classifiers_jax.transfer --config classifiers_jax/configs/resnet50_cifar10.py \
+        --resolution 224 --split-limit 2000      # a quick look on the first examples
+
+The backbone is frozen: batch norm in inference mode (ImageNet's running statistics), no head.
+Each image goes through the project's loader, bilinearly resized (32 px CIFAR images are
+upsampled) to the resolution asked for, then into the network, which applies the weights'
+preprocessing itself (Keras "caffe": BGR, ImageNet channel means subtracted). The pooled
+2048-d features of a whole split are computed once and cached, named by the weights' sha256,
+the data, the split and the resolution:
+
+    $COMMON_JAX_CACHE (or ~/.cache/common_jax) / features / resnet50-<sha>-<data>-<split>-<R>px.npz
+
+with `features`, `labels` and a `protocol` (JSON: weights file and sha256, data, split,
+resolution, examples, extraction time and images/s on this machine). The same .npz is what
+`train.py features` writes, and `common_jax.linear_probe` reads it.
+
+For each resolution, the command extracts (or reuses) train and test features and fits the
+linear probe (softmax regression with optax) on the whole training split, reporting accuracy
+on the whole test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "classifiers_jax/configs/resnet50_cifar10.py"
+FEATURE_BATCH = 32  # images per forward pass (over all devices); memory grows with R^2
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("COMMON_JAX_CACHE") or "~/.cache/common_jax").expanduser()
+    return root / "features"
+
+
+def data_name(config: ml_collections.ConfigDict) -> str:
+    """A short name of the data a config reads, for file names (the archive or TFDS name)."""
+    path = str(config.data.get("path", "") or "")
+    if path and Path(path).exists():
+        name = Path(path).name
+        for suffix in (".tar.gz", ".tgz", ".tar"):
+            name = name.removesuffix(suffix)
+        return name
+    return str(config.data.get("tfds_name", "") or "data").replace("/", "_")
+
+
+def cache_path(sha256: str, data: str, split: str, resolution: int,
+               limit: int | None = None) -> Path:
+    part = f"-first{limit}" if limit else ""
+    return cache_root() / f"resnet50-{sha256[:12]}-{data}-{split}{part}-{resolution}px.npz"
+
+
+def save_features(path: Path, features: np.ndarray, labels: np.ndarray,
+                  protocol: dict[str, Any]) -> None:
+    """Writes the .npz atomically (a half-written cache file would be read as valid)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, features=features, labels=labels, protocol=json.dumps(protocol))
+    tmp.replace(path)
+
+
+def load_features(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["features"], data["labels"], json.loads(str(data["protocol"]))
+
+
+def feature_function(model, dp):
+    """Pooled features of a batch, per device: the frozen network in inference mode."""
+    def fn(variables, batch):
+        return model.apply(variables, batch["image"], train=False, features_only=True)
+
+    return dp.forward(fn, key=("resnet50-features", model))
+
+
+def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None = None,
+            batch_size: int = FEATURE_BATCH) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(features [N, 2048], labels [N], protocol) of a whole split at config.model.image_size,
+    from the cache when they were computed before."""
+    import jax
+
+    from classifiers_jax import resnet_weights
+    from common_jax import data as data_lib
+    from common_jax.parallel import DataParallel
+
+    resolution = int(config.model.image_size)
+    variables, meta = resnet_weights.load_resnet50(config.model.get("weights") or None)
+    path = cache_path(meta["sha256"], data_name(config), split, resolution, limit)
+    if path.is_file():
+        log.info("features from the cache: %s", path)
+        return load_features(path)
+
+    source = data_lib.load_source(config.data, split=split)
+    if limit:
+        source = _first(source, limit)
+    dp = DataParallel("shard_map", jax.local_devices())
+    model = resnet_weights.model_for(meta, preprocess=config.model.get("preprocess", "caffe"))
+    forward = feature_function(model, dp)
+    params = dp.put_replicated(jax.tree.map(np.asarray, variables))
+    batches = data_lib.make_eval_iterator(source, batch_size=dp.round_up(batch_size),
+                                          image_size=resolution, channels=3)
+    start, chunks, labels = time.perf_counter(), [], []
+    for batch in batches:
+        out = np.asarray(jax.device_get(forward(params, dp.put_split({"image": batch["image"]}))))
+        keep = batch["mask"] > 0
+        chunks.append(out[keep])
+        labels.append(batch["label"][keep])
+    seconds = time.perf_counter() - start
+    features, labels = np.concatenate(chunks).astype(np.float32), np.concatenate(labels)
+    protocol = {"network": "resnet50", "weights": meta["path"], "weights_sha256": meta["sha256"],
+                "layout": meta["layout"], "data": data_name(config), "split": split,
+                "examples": int(len(labels)), "resolution": resolution,
+                "resize": "bilinear (antialiased when shrinking), centre square crop",
+                "batch_norm": "inference (ImageNet running statistics)",
+                "seconds": round(seconds, 1), "images_per_s": round(len(labels) / seconds, 1),
+                "devices": dp.num_devices, "date": time.strftime("%Y-%m-%d")}
+    save_features(path, features, labels, protocol)
+    log.info("%s %s at %d px: %d examples in %.0f s (%.1f images/s) -> %s", data_name(config),
+             split, resolution, len(labels), seconds, len(labels) / seconds, path)
+    return features, labels, protocol
+
+
+def _first(source, limit: int):
+    """The first `limit` examples of a source (quick looks; named in the cache file)."""
+    import dataclasses
+
+    cut = lambda x: None if x is None else x[:limit]  # noqa: E731
+    return dataclasses.replace(source, images=cut(source.images), paths=cut(source.paths),
+                               labels=cut(source.labels))
+
+
+def probe(config: ml_collections.ConfigDict, resolution: int, *, limit: int | None = None,
+          **probe_args) -> dict[str, Any]:
+    """Train and test features at `resolution`, then the linear probe on them."""
+    from common_jax.linear_probe import fit_linear_probe
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.image_size = resolution
+    train_x, train_y, train_p = extract(config, config.data.split, limit=limit)
+    test_x, test_y, test_p = extract(config, config.data.eval_split, limit=limit)
+    result = fit_linear_probe(train_x, train_y, test_x, test_y,
+                              num_classes=int(config.model.num_classes), **probe_args)
+    return {"resolution": resolution, "test_accuracy": result["test_accuracy"],
+            "train_accuracy": result["train_accuracy"], "probe": result,
+            "train_features": train_p, "test_features": test_p}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="a resnet50 classifier config "
+                        "(its data, eval split, weights and preprocessing are used)")
+    parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--split-limit", type=int, default=None,
+                        help="only the first N examples of each split (a quick look)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path.py[:variant]` -> its config (as --config reads it)."""
+    import importlib.util
+
+    from common_jax.errors import UserError
+
+    path, _, variant = spec.partition(":")
+    if not Path(path).is_file():
+        raise UserError(f"config file '{path}' not found; give --config path.py[:variant]")
+    spec_ = importlib.util.spec_from_file_location("transfer_config", path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    return module.get_config(variant or None)
+
+
+def main(argv=None) -> int:
+    from common_jax.errors import UserError
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        from common_jax import parallel
+
+        parallel.use_cpu_cores(())  # one CPU device per core: the forward is split over them
+        config = load_config(args.config)
+        results = []
+        for resolution in args.resolution:
+            result = probe(config, resolution, limit=args.split_limit)
+            print(f"{resolution:4d} px: linear probe test accuracy "
+                  f"{result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}); "
+                  f"features {result['train_features']['images_per_s']} images/s")
+            results.append(result)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""ResNet50 transfer: frozen features of a data split (cached, with their protocol), the
+pretrained backbone merged under a new head, frozen batch-norm statistics and stage-by-stage
+unfreezing in the classifier's train step. Random weights in the converter's format stand in
+for the ImageNet ones, so nothing here needs the real weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifiers_jax import resnet_weights, transfer
+from classifiers_jax.configs import resnet50_cifar10
+from classifiers_jax.trainers import classifier
+from common_jax.errors import UserError
+from common_jax.parallel import DataParallel
+from tests.test_resnet import random_variables
+
+CLASSES = ("cat", "dog")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    flat = random_variables("keras")
+    meta = {"layout": np.array("keras"), "source": np.array("random"),
+            "class_names": np.array([f"class{i}" for i in range(1000)])}
+    path, _ = resnet_weights.write_npz(flat, meta, folder, "keras")
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 5)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                pixels[..., c] //= 4  # a class signal: one channel darker
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def config_for(images, weights, **model):
+    c = resnet50_cifar10.get_config("smoke")
+    c.data.path, c.data.tfds_name = str(images), ""
+    c.model.weights = str(weights)
+    c.model.num_classes = len(CLASSES)
+    c.model.update(model)
+    return c
+
+
+def test_features_are_computed_once_and_named_by_weights_split_and_resolution(
+        images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    c = config_for(images, weights)
+    features, labels, protocol = transfer.extract(c, "test", batch_size=8)
+    assert features.shape == (10, 2048) and features.dtype == np.float32
+    assert sorted(labels.tolist()) == [0] * 5 + [1] * 5
+    assert np.isfinite(features).all() and features.std() > 0
+    sha = resnet_weights.sha256_of_file(weights)
+    assert protocol["weights_sha256"] == sha and protocol["resolution"] == 32
+    assert protocol["split"] == "test" and protocol["examples"] == 10
+    (cached,) = (tmp_path / "features").glob("*.npz")
+    assert cached.name == f"resnet50-{sha[:12]}-{images.name}-test-32px.npz"
+    # the second call reads the file: the cache is the source of truth once written
+    with np.load(cached) as data:
+        np.savez(cached, features=data["features"] + 1, labels=data["labels"],
+                 protocol=data["protocol"])
+    again, _, again_protocol = transfer.extract(c, "test", batch_size=8)
+    np.testing.assert_array_equal(again, features + 1)
+    assert again_protocol == protocol
+    # the features are the frozen network's: equal to the model applied directly
+    variables, meta = resnet_weights.load_resnet50(weights)
+    model = resnet_weights.model_for(meta, preprocess="caffe")
+    first = np.asarray(Image.open(images / "test" / "cat" / "0.png"), np.float32) / 127.5 - 1
+    direct = model.apply(variables, first[None], train=False, features_only=True)
+    assert any(np.allclose(row, direct[0], atol=1e-4) for row in features)
+
+
+def test_pretrained_backbone_under_a_new_head(images, weights):
+    c = config_for(images, weights)
+    state = classifier.create_state(c)
+    loaded = dict(jax.tree_util.tree_flatten_with_path(state.net.params)[0])
+    flat = {jax.tree_util.keystr(k): v for k, v in loaded.items()}
+    source = random_variables("keras")
+    np.testing.assert_array_equal(flat["['stage3_0']['conv2']['kernel']"],
+                                  source["params/stage3_0/conv2/kernel"])
+    assert flat["['head']['kernel']"].shape == (2048, len(CLASSES))
+    c.model.layout = "torchvision"
+    with pytest.raises(UserError, match="keras-layout weights.*--config.model.layout=keras"):
+        classifier.create_state(c)
+
+
+def test_frozen_statistics_and_unfreezing_in_the_train_step(images, weights):
+    c = config_for(images, weights)
+    state = classifier.create_state(c)
+    batch = {"image": jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)),
+                                  jnp.float32),
+             "label": jnp.asarray([0, 1, 0, 1])}
+    dp = DataParallel("shard_map", jax.devices()[:1])
+    step = dp.compile(lambda s, b: classifier.train_step(s, b, config=c), donate=False)
+    after, _ = step(dp.put_state(state), dp.put_batch(batch))
+    after = dp.get_state(after)
+
+    def moved(path):
+        before = state.net.params
+        now = after.net.params
+        for key in path:
+            before, now = before[key], now[key]
+        return float(jnp.abs(now - before).max())
+
+    # step 0 of the smoke schedule: the head trains, every backbone stage waits its turn
+    assert moved(("head", "kernel")) > 0
+    assert moved(("stage5_0", "conv1", "kernel")) == 0
+    assert moved(("stem", "conv1", "kernel")) == 0
+    # running statistics stay ImageNet's (here: the file's) with batch_norm_frozen
+    jax.tree.map(np.testing.assert_array_equal, state.net.batch_stats, after.net.batch_stats)
+
+
+def test_transfer_cli_reports_missing_weights_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    code = transfer.main(["--resolution", "32", "--split-limit", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "make resnet-weights" in err[0]
