@@ -27,9 +27,9 @@ def get_config(variant: str | None = None):
     c.model.z_dim = 128
     c.model.fmap_base = 1024
     c.model.max_channels = 128
-    c.schedule.batch_sizes = [16] * 5
-    c.schedule.fade_images = [IMAGES_PER_PHASE] * 4
-    c.schedule.stable_images = [IMAGES_PER_PHASE] * 5
+    c.schedule.batch_sizes = (16,) * 5
+    c.schedule.fade_images = (IMAGES_PER_PHASE,) * 4
+    c.schedule.stable_images = (IMAGES_PER_PHASE,) * 5
     c.sample_every = 500
     c.checkpoint_every = 500
     return progan_base.with_variant(c, variant)

@@ -4,8 +4,11 @@ experiments override the data, the widths and the schedule.
 The schedule: resolutions 4, 8, ..., model.image_size. Resolution 4 has one phase (stabilise);
 every later one a fade-in phase, then a stabilise phase. `schedule.batch_sizes` has one entry
 per resolution, `schedule.fade_images` one per resolution after 4, `schedule.stable_images` one
-per resolution; a phase lasts ceil(images / batch size) steps. `num_steps` is derived from
-them (0: the whole schedule; a smaller value stops early and the same command with 0 resumes).
+per resolution: tuples, on the command line e.g. --config.schedule.batch_sizes="(16, 16, 8)".
+A phase lasts ceil(images / batch size) steps. `num_steps` is derived from them (0: the whole
+schedule; a smaller value stops early, and the same command with 0 resumes to the end).
+Variants: `smoke` (4 -> 8 -> 16, tiny widths, 10 steps) and `at<R>` (growth stopped at R x R;
+the benchmarks time its last stage), joined by '+' (e.g. at16+smoke).
 """
 
 import ml_collections
@@ -39,9 +42,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.schedule = ml_collections.ConfigDict()
     # The paper: batch 16 up to 128x128, then 14, 6, 3 (memory-bound); 800k images per phase.
-    c.schedule.batch_sizes = [16, 16, 16, 16, 16, 16, 14, 6, 3]
-    c.schedule.fade_images = [PAPER_IMAGES_PER_PHASE] * 8
-    c.schedule.stable_images = [PAPER_IMAGES_PER_PHASE] * 9
+    c.schedule.batch_sizes = (16, 16, 16, 16, 16, 16, 14, 6, 3)
+    c.schedule.fade_images = (PAPER_IMAGES_PER_PHASE,) * 8
+    c.schedule.stable_images = (PAPER_IMAGES_PER_PHASE,) * 9
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 1e-3  # the paper: Adam lr 0.001, beta1 0, beta2 0.99, eps 1e-8
@@ -93,11 +96,11 @@ def grown_to(c: ml_collections.ConfigDict, resolution: int) -> ml_collections.Co
 
     def fitted(values, length):
         values = list(values)
-        return (values + values[-1:] * length)[:length]
+        return tuple((values + values[-1:] * length)[:length])
 
     c.model.image_size = resolution
     s.batch_sizes = fitted(s.batch_sizes, n)
-    s.fade_images = fitted(s.fade_images, n - 1) if n > 1 else []
+    s.fade_images = fitted(s.fade_images, n - 1)
     s.stable_images = fitted(s.stable_images, n)
     return c
 
@@ -108,9 +111,9 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.z_dim = 16
     c.model.fmap_base = 32
     c.model.max_channels = 16
-    c.schedule.batch_sizes = [8, 8, 8]
-    c.schedule.fade_images = [16, 16]  # 2 steps each
-    c.schedule.stable_images = [16, 16, 16]
+    c.schedule.batch_sizes = (8, 8, 8)
+    c.schedule.fade_images = (16, 16)  # 2 steps each
+    c.schedule.stable_images = (16, 16, 16)
     c.log_every = 2
     c.sample_every = 4
     c.num_samples = 16

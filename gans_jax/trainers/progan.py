@@ -84,7 +84,8 @@ def _listed(config, key: str, expected: int, sizes: list[int], what: str) -> lis
     if len(values) != expected:
         raise UserError(f"schedule.{key} has {len(values)} entries but growing to "
                         f"{sizes[-1]}x{sizes[-1]} needs {expected} ({what}); set "
-                        f"--config.schedule.{key} to a list of {expected}")
+                        f"--config.schedule.{key} to {expected} values, as a tuple "
+                        f"\"({', '.join(['...'] * expected)})\"")
     bad = [v for v in values if v < 1]
     if bad:
         raise UserError(f"schedule.{key} holds {bad[0]}; every entry must be at least 1")
