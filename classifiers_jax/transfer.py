@@ -86,15 +86,42 @@ def feature_function(model, dp):
     return dp.forward(fn, key=("resnet50-features", model))
 
 
-def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None = None,
-            batch_size: int = FEATURE_BATCH) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(features [N, 2048], labels [N], protocol) of a whole split at config.model.image_size,
-    from the cache when they were computed before."""
+def split_features(model, variables, config: ml_collections.ConfigDict, split: str, *,
+                   limit: int | None = None, batch_size: int = FEATURE_BATCH
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(pooled features [N, 2048], labels [N], timing) of a whole split through `model`
+    (a ResNet50) in inference mode, at config.model.image_size."""
     import jax
 
-    from classifiers_jax import resnet_weights
     from common_jax import data as data_lib
     from common_jax.parallel import DataParallel
+
+    source = data_lib.load_source(config.data, split=split)
+    if limit:
+        source = _first(source, limit)
+    dp = DataParallel("shard_map", jax.local_devices())
+    forward = feature_function(model, dp)
+    params = dp.put_replicated(jax.tree.map(np.asarray, variables))
+    batches = data_lib.make_eval_iterator(source, batch_size=dp.round_up(batch_size),
+                                          image_size=int(config.model.image_size), channels=3)
+    start, chunks, labels = time.perf_counter(), [], []
+    for batch in batches:
+        out = np.asarray(jax.device_get(forward(params, dp.put_split({"image": batch["image"]}))))
+        keep = batch["mask"] > 0
+        chunks.append(out[keep])
+        labels.append(batch["label"][keep])
+    seconds = time.perf_counter() - start
+    labels = np.concatenate(labels)
+    timing = {"seconds": round(seconds, 1), "images_per_s": round(len(labels) / seconds, 1),
+              "devices": dp.num_devices, "date": time.strftime("%Y-%m-%d")}
+    return np.concatenate(chunks).astype(np.float32), labels, timing
+
+
+def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None = None,
+            batch_size: int = FEATURE_BATCH) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(features [N, 2048], labels [N], protocol) of the pretrained backbone on a whole split
+    at config.model.image_size, from the cache when they were computed before."""
+    from classifiers_jax import resnet_weights
 
     resolution = int(config.model.image_size)
     variables, meta = resnet_weights.load_resnet50(config.model.get("weights") or None)
@@ -103,33 +130,17 @@ def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None 
         log.info("features from the cache: %s", path)
         return load_features(path)
 
-    source = data_lib.load_source(config.data, split=split)
-    if limit:
-        source = _first(source, limit)
-    dp = DataParallel("shard_map", jax.local_devices())
     model = resnet_weights.model_for(meta, preprocess=config.model.get("preprocess", "caffe"))
-    forward = feature_function(model, dp)
-    params = dp.put_replicated(jax.tree.map(np.asarray, variables))
-    batches = data_lib.make_eval_iterator(source, batch_size=dp.round_up(batch_size),
-                                          image_size=resolution, channels=3)
-    start, chunks, labels = time.perf_counter(), [], []
-    for batch in batches:
-        out = np.asarray(jax.device_get(forward(params, dp.put_split({"image": batch["image"]}))))
-        keep = batch["mask"] > 0
-        chunks.append(out[keep])
-        labels.append(batch["label"][keep])
-    seconds = time.perf_counter() - start
-    features, labels = np.concatenate(chunks).astype(np.float32), np.concatenate(labels)
+    features, labels, timing = split_features(model, variables, config, split, limit=limit,
+                                              batch_size=batch_size)
     protocol = {"network": "resnet50", "weights": meta["path"], "weights_sha256": meta["sha256"],
                 "layout": meta["layout"], "data": data_name(config), "split": split,
                 "examples": int(len(labels)), "resolution": resolution,
                 "resize": "bilinear (antialiased when shrinking), centre square crop",
-                "batch_norm": "inference (ImageNet running statistics)",
-                "seconds": round(seconds, 1), "images_per_s": round(len(labels) / seconds, 1),
-                "devices": dp.num_devices, "date": time.strftime("%Y-%m-%d")}
+                "batch_norm": "inference (ImageNet running statistics)", **timing}
     save_features(path, features, labels, protocol)
     log.info("%s %s at %d px: %d examples in %.0f s (%.1f images/s) -> %s", data_name(config),
-             split, resolution, len(labels), seconds, len(labels) / seconds, path)
+             split, resolution, len(labels), timing["seconds"], timing["images_per_s"], path)
     return features, labels, protocol
 
 

@@ -125,3 +125,15 @@ def test_transfer_cli_reports_missing_weights_in_one_line(tmp_path, monkeypatch,
     code = transfer.main(["--resolution", "32", "--split-limit", "4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "make resnet-weights" in err[0]
+
+
+def test_features_command_hook_without_a_run_uses_the_pretrained_weights(
+        images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path / "cache"))
+    c = config_for(images, weights)
+    features, labels, protocol = classifier.extract_features(c, str(tmp_path / "run"), "test")
+    assert features.shape == (10, 2048) and len(labels) == 10
+    assert protocol["weights_sha256"] == resnet_weights.sha256_of_file(weights)
+    c.model.arch = "cnn"
+    with pytest.raises(UserError, match="ResNet50's pooled features.*'cnn'"):
+        classifier.extract_features(c, str(tmp_path / "run"), "test")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -461,6 +462,29 @@ def pretrained_state(config: ml_collections.ConfigDict
     state = ClassifierState(net=net, step=jnp.zeros((), jnp.int32),
                             key=jax.random.PRNGKey(config.seed))
     return state, config, meta
+
+
+def extract_features(config: ml_collections.ConfigDict, workdir: str, split: str
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The `train.py features` hook: a ResNet50's pooled 2048-d features of a whole split.
+
+    With a checkpoint in `workdir`, the trained (fine-tuned) network's; without one, the
+    config's pretrained weights as they are (`classifiers_jax.transfer.extract`, cached).
+    """
+    from classifiers_jax import transfer
+    from common_jax.checkpoint import restore_for_inference
+
+    if config.model.arch != "resnet50":
+        raise UserError(f"features are a ResNet50's pooled features, and this is a "
+                        f"'{config.model.arch}' classifier; give a resnet50 run or config")
+    if not any((Path(workdir) / "checkpoints").glob("[0-9]*")):
+        return transfer.extract(config, split)
+    config, state, _ = restore_for_inference(workdir, lambda _: sys.modules[__name__])
+    features, labels, timing = transfer.split_features(make_model(config),
+                                                       state.net.variables(), config, split)
+    protocol = {"network": "resnet50 (trained in this run)", "features": "pooled, 2048-d",
+                "batch_norm": "inference (running statistics)", **timing}
+    return features, labels, protocol
 
 
 # ----------------------------------------------------------------------------- entry point
