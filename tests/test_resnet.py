@@ -73,6 +73,8 @@ def test_outputs_logits_or_pooled_features(layout):
     v = jax.eval_shape(headless.init, jax.random.key(0), x)
     assert "head" not in v["params"]
     assert jax.eval_shape(headless.apply, v, x).shape == (2, 2048)
+    half = resnet.ResNet50(layout=layout, dtype=jnp.bfloat16)  # parameters stay float32
+    assert jax.eval_shape(half.apply, variables, x).dtype == jnp.float32
 
 
 def test_stride_sits_where_each_layout_puts_it():
