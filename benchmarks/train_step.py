@@ -8,7 +8,8 @@ side by side, in PyTorch; plus the input pipeline alone and end to end.
     python -m benchmarks.train_step --bfloat16 --no-torch    # JAX float32 beside JAX bfloat16
 
 For each model the state and the compiled step are built exactly as the training loop builds
-them: the trainer's `make_task(config)` gives `create_state` and its first stage's `train_step`,
+them: the trainer's `make_task(config)` gives `create_state` and its last stage's `train_step`
+(the only stage, except for a ProGAN: the step at its final resolution, with the fade blend),
 `common_jax.parallel.DataParallel.compile` compiles it (here ahead of time, so the compile time
 is measured on its own and XLA's cost and memory analyses come from the same executable). Steps
 run on one synthetic batch already on the devices. After a warm-up, rounds alternate between
