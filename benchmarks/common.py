@@ -349,7 +349,9 @@ def model_configs(args: Any, default: list[str] | None = None):
     for name, spec in select(args.only, default).items():
         spec = smoke_spec(spec) if args.tiny else spec
         config = load_config(spec)
-        if args.batch:
+        if args.batch and "schedule" in config:  # a growing GAN: its timed (last) stage's
+            config.schedule.batch_sizes = (*config.schedule.batch_sizes[:-1], args.batch)
+        elif args.batch:
             config.batch_size = args.batch
         yield name, spec, config
 
