@@ -186,6 +186,7 @@ def test_schedule_derives_the_steps_and_refuses_lists_that_do_not_add_up(faces):
         "schedule.fade_images": ([16, 16, 16], "fade_images has 3 entries .* needs 2"),
         "schedule.stable_images": ([16, 0, 16], "stable_images holds 0; every entry must be"),
         "num_steps": (11, "num_steps 11 is more than the schedule's 10 steps"),
+        "model.mbstd_group": (0, "model.mbstd_group must be at least 1, got 0"),
     }
     for key, (value, message) in wrong.items():
         with pytest.raises(UserError, match=message):

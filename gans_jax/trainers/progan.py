@@ -117,6 +117,10 @@ def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy with num_steps derived from the schedule (0 -> all of it); refuses more steps
     than the schedule has."""
     total = total_steps(schedule(config))
+    for key in ("mbstd_group", "fmap_base", "max_channels", "z_dim"):
+        if config.model[key] < 1:
+            raise UserError(f"model.{key} must be at least 1, got {config.model[key]}; set "
+                            f"--config.model.{key} to 1 or more")
     if config.num_steps > total:
         raise UserError(f"num_steps {config.num_steps} is more than the schedule's {total} "
                         "steps (derived from schedule.*); leave --config.num_steps at 0 for "
