@@ -88,7 +88,8 @@ def _listed(config, key: str, expected: int, sizes: list[int], what: str) -> lis
                         f"\"({', '.join(['...'] * expected)})\"")
     bad = [v for v in values if v < 1]
     if bad:
-        raise UserError(f"schedule.{key} holds {bad[0]}; every entry must be at least 1")
+        raise UserError(f"schedule.{key} holds {bad[0]}; every entry must be at least 1: set "
+                        f"--config.schedule.{key} to entries of 1 or more")
     return values
 
 
