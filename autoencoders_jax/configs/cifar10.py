@@ -7,7 +7,9 @@ about 75) when present, else TFDS `cifar10`. Variants: `:map` (a latent map), `:
 Model: stages of 32/64/128 channels (32 -> 16 -> 8 -> 4), GELU, no normalisation, a 4x4
 latent map of latent_size values (latent_size / 16 channels; `--config.model.latent_kind=vector`
 for a dense bottleneck); transposed-conv decoder, tanh. MSE, Adam peaking at 3e-3 with a
-one-cycle schedule, batch 128, horizontal flips, 6 epochs. Results: docs/autoencoder.md.
+one-cycle schedule, batch 128, horizontal flips, 6 epochs. Test PSNR (docs/autoencoder.md):
+21.73 / 24.04 / 24.37 / 25.16 dB at latent_size 64 / 128 / 256 / 384; with
+--config.model.widths='(32,64)' (an 8x8 latent map) 26.60 / 27.35 dB at 256 / 384.
 """
 
 from autoencoders_jax.configs import base
