@@ -77,7 +77,7 @@ demo: venv fashion-mnist tcmalloc
 
 test: venv tcmalloc
 	$(PY) -m ruff check .
-	$(RUN) -m pytest -q
+	$(RUN) -m pytest -q --durations=15
 
 test-slow: venv tcmalloc
 	$(RUN) -m pytest -q -m slow
