@@ -378,8 +378,9 @@ def sha256_of_file(path: str | Path) -> str:
 
 def cache_dir() -> Path:
     """$COMMON_JAX_CACHE or ~/.cache/common_jax, then resnet50/."""
-    root = Path(os.environ.get("COMMON_JAX_CACHE") or "~/.cache/common_jax").expanduser()
-    return root / "resnet50"
+    from common_jax import cache
+
+    return cache.root() / "resnet50"
 
 
 def write_npz(flat: dict[str, np.ndarray], meta: dict[str, np.ndarray], folder: Path,

@@ -43,8 +43,9 @@ FEATURE_BATCH = 32  # images per forward pass (over all devices); memory grows w
 
 
 def cache_root() -> Path:
-    root = Path(os.environ.get("COMMON_JAX_CACHE") or "~/.cache/common_jax").expanduser()
-    return root / "features"
+    from common_jax import cache
+
+    return cache.root() / "features"
 
 
 def data_name(config: ml_collections.ConfigDict) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from common_jax import cache
 from common_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _archive_stem(name: str) -> str:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("COMMON_JAX_CACHE") or "~/.cache/common_jax").expanduser()
+    return cache.root()
 
 
 def sha256_of_file(path: str | Path) -> str:

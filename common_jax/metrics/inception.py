@@ -22,7 +22,6 @@ by `make fid-weights`; never inside the repository).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import flax.linen as nn
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from common_jax import cache
 from common_jax.errors import UserError
 
 INPUT_SIZE = 299
@@ -295,7 +295,7 @@ def preprocess(images, *, resize: str = DEFAULT_RESIZE, size: int = INPUT_SIZE) 
 
 def cache_dir() -> Path:
     """$COMMON_JAX_CACHE or ~/.cache/common_jax (shared with the data cache)."""
-    return Path(os.environ.get("COMMON_JAX_CACHE") or "~/.cache/common_jax").expanduser()
+    return cache.root()
 
 
 def default_weights_path() -> Path:
