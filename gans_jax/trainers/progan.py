@@ -114,6 +114,12 @@ def total_steps(phases: list[Phase]) -> int:
     return phases[-1].start + phases[-1].num_steps
 
 
+def images_shown(config: ml_collections.ConfigDict, step: int) -> int:
+    """Training images D has seen after `step` steps (each phase has its own batch size)."""
+    return sum(min(max(step - p.start, 0), p.num_steps) * p.batch_size
+               for p in schedule(config))
+
+
 def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy with num_steps derived from the schedule (0 -> all of it); refuses more steps
     than the schedule has."""
@@ -284,6 +290,21 @@ def generate(state: GANState, z, config, *, use_ema: bool = True) -> np.ndarray:
     `train.py sample` draws)."""
     phase, alpha = phase_at(schedule(config), int(state.step))
     return generate_at(state, z, config, phase.resolution, alpha, use_ema=use_ema)
+
+
+def generate_batches(state: GANState, config, num: int, *, batch_size: int, seed: int = 1,
+                     use_ema: bool = True):
+    """`num` images in about [-1, 1] at the state's resolution and fade weight, from fixed
+    latent vectors (`seed`), as host batches of `batch_size` (the last one cut): what the FID
+    tools score. G has no batch statistics, so a sample does not depend on its batch."""
+    phase, alpha = phase_at(schedule(config), int(state.step))
+    z = np.asarray(sample_z(config, num, seed))
+    for start in range(0, num, batch_size):
+        chunk = z[start:start + batch_size]
+        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]),
+                                                 chunk.dtype)])  # one shape: one compile
+        yield generate_at(state, padded, config, phase.resolution, alpha,
+                          use_ema=use_ema)[:len(chunk)]
 
 
 def growth_strip(state: GANState, config, *, num: int = GROWTH_SAMPLES,
