@@ -6,6 +6,10 @@ model at the same config (tests/test_benchmarks.py checks the counts):
   a bias-free linear projection to base×base maps, [transposed conv k4 s2 p1 -> batch norm ->
   ReLU] blocks, tanh; [conv k4 s2 p1 -> batch norm (not on the first layer) -> LeakyReLU(0.2)]
   blocks and a bias-free linear logit. Weights N(0, 0.02), batch-norm scale N(1, 0.02).
+- `SNDCGANGenerator` / `SNDCGANDiscriminator`: the same module's "sngan_dcgan" architecture (the
+  spectral normalisation paper's 32x32 CNN as PyTorch-StudioGAN's `deep_conv.py` builds it),
+  with optional spectral norm on every D layer (`torch.nn.utils.parametrizations`, which keeps
+  the weight's parameter count); biases where the Flax model has them.
 - `BasicCNN`, `CNN` and `FastCIFARNet` (classifiers_jax/models/cnn.py).
 - `ResNet50` (classifiers_jax/models/resnet.py), torchvision's network written out, in both
   layouts of the Flax model.
@@ -49,10 +53,13 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """The DCGAN paper's initialisation, as the Flax models use it."""
+    """The DCGAN paper's initialisation, as the Flax models use it (biases, where a layer has
+    one, start at zero as Flax's do)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
@@ -109,6 +116,69 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit(self.body(x))[:, 0]
+
+
+class SNDCGANGenerator(nn.Module):
+    """z [B, z_dim] -> images [B, channels, size, size]: a dense layer with bias to
+    base x base x (width * 2**n) maps, [transposed conv k4 s2 p1 -> batch norm -> act] x n,
+    a 3x3 conv with bias, tanh."""
+
+    def __init__(self, image_size: int, channels: int, width: int = 64, z_dim: int = 128,
+                 act: str = "relu"):
+        super().__init__()
+        base, n = geometry(image_size)
+        features = width * 2**n
+        self.base, self.features = base, features
+        self.memory_format = torch.contiguous_format
+        self.project = nn.Linear(z_dim, base * base * features)
+        layers: list[nn.Module] = []
+        for _ in range(n):
+            layers += [nn.ConvTranspose2d(features, features // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(features // 2), activation(act)]
+            features //= 2
+        layers += [nn.Conv2d(features, channels, 3, 1, 1), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.project(z).view(-1, self.features, self.base, self.base)
+        return self.body(x.contiguous(memory_format=self.memory_format))
+
+
+class SNDCGANDiscriminator(nn.Module):
+    """images [B, channels, size, size] -> logits [B]: [3x3 s1 conv -> norm -> act -> 4x4 s2
+    conv -> norm -> act] x n (width, 2 width, ...), a 3x3 conv to width * 2**n -> norm -> act,
+    the sum over H and W, a dense layer with bias. `norm` "batch" or "none" (then the convs
+    have biases); `spectral_norm` on every conv and the dense layer."""
+
+    def __init__(self, image_size: int, channels: int, width: int = 64, norm: str = "batch",
+                 spectral_norm: bool = False, act: str = "relu", slope: float = 0.1):
+        super().__init__()
+        _, n = geometry(image_size)
+        bias = norm == "none"
+
+        def block(cin, cout, kernel, stride) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, kernel, stride, 1, bias=bias),
+                    nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity(),
+                    activation(act, slope)]
+
+        layers: list[nn.Module] = []
+        cin = channels
+        for i in range(n):
+            cout = width * 2**i
+            layers += block(cin, cout, 3, 1) + block(cout, cout, 4, 2)
+            cin = cout
+        layers += block(cin, width * 2**n, 3, 1)
+        self.body = nn.Sequential(*layers)
+        self.logit = nn.Linear(width * 2**n, 1)
+        dcgan_init(self)  # before spectral norm re-expresses the weights
+        if spectral_norm:
+            for m in [*self.body, self.logit]:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit(self.body(x).sum(dim=(2, 3)))[:, 0]
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -470,9 +540,9 @@ def unsupported(config) -> str | None:
     if config.trainer == AUTOENCODER_TRAINER:
         return autoencoder_unsupported(config)
     if config.trainer.startswith("gans_jax."):
-        for key, value in _DCGAN_DEFAULTS.items():
-            if m.get(key, value) != value:
-                return f"model.{key}={m.get(key)!r} has no PyTorch twin (only {value!r})"
+        reason = dcgan_model_unsupported(m)
+        if reason:
+            return reason
         for key, value in _GAN_LOSS_DEFAULTS.items():
             if config.loss.get(key, value) != value:
                 return f"loss.{key}={config.loss.get(key)!r} has no PyTorch twin"
@@ -485,6 +555,27 @@ def unsupported(config) -> str | None:
         return f"model.dtype={m.dtype!r}: the PyTorch twins run float32 only"
     if m.activation not in ACTIVATIONS and m.activation != "leaky_relu":
         return f"model.activation={m.activation!r} has no PyTorch twin"
+    return None
+
+
+def dcgan_model_unsupported(m) -> str | None:
+    """Why a DCGAN model section has no twin: the paper architecture takes only its own
+    choices; "sngan_dcgan" takes transposed convs, batch norm in G, batch norm or none in D,
+    spectral norm or not, and the activations `activation` knows."""
+    architecture = m.get("architecture", "dcgan")
+    if architecture == "dcgan":
+        for key, value in _DCGAN_DEFAULTS.items():
+            if m.get(key, value) != value:
+                return f"model.{key}={m.get(key)!r} has no PyTorch twin (only {value!r})"
+        return None
+    if architecture != "sngan_dcgan":
+        return f"model.architecture={architecture!r} has no PyTorch twin"
+    if m.upsample != "transpose4" or m.g_norm != "batch" or m.d_norm not in ("batch", "none"):
+        return ("the sngan_dcgan twin takes only model.upsample='transpose4', "
+                "model.g_norm='batch' and model.d_norm 'batch' or 'none'")
+    for key in ("g_activation", "d_activation"):
+        if m[key] not in ACTIVATIONS and m[key] != "leaky_relu":
+            return f"model.{key}={m[key]!r} has no PyTorch twin"
     return None
 
 
@@ -557,8 +648,14 @@ def twins_from_config(config) -> dict[str, nn.Module]:
     return {"net": classifier_from_config(config)}
 
 
-def dcgan_from_config(config) -> tuple[Generator, Discriminator]:
+def dcgan_from_config(config) -> tuple[nn.Module, nn.Module]:
     m = config.model
+    if m.get("architecture", "dcgan") == "sngan_dcgan":
+        return (SNDCGANGenerator(m.image_size, m.channels, width=m.g_width, z_dim=m.z_dim,
+                                 act=m.g_activation),
+                SNDCGANDiscriminator(m.image_size, m.channels, width=m.d_width, norm=m.d_norm,
+                                     spectral_norm=m.d_spectral_norm, act=m.d_activation,
+                                     slope=m.d_slope))
     g = Generator(m.image_size, m.channels, width=m.g_width, z_dim=m.z_dim)
     d = Discriminator(m.image_size, m.channels, width=m.d_width, slope=m.d_slope)
     return g, d

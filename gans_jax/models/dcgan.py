@@ -13,6 +13,19 @@ convolutions, batch norm, LeakyReLU(0.2) in D. Each part can be switched (see
 
 Image sizes are ``base * 2**n`` with ``base`` in 4..8 (28 = 7*4, 32 = 4*8, 64 = 4*16); gray or
 RGB. For 64x64 RGB with width 64 the parameter counts equal the PyTorch reference DCGAN.
+
+`architecture` (`ARCHITECTURES`) picks the layer stack; "dcgan" (the default above) keeps every
+existing config's parameter tree. "sngan_dcgan" is the 32x32 "standard CNN" of the spectral
+normalisation paper (Miyato et al. 2018, Table 3), the network PyTorch-StudioGAN trains as its
+CIFAR-10 DCGAN (`src/models/deep_conv.py`), with ``width`` 64:
+  G: z -> dense (with bias, no norm) -> 4x4x512 -> [transposed conv k4 s2 -> norm -> act] x 3
+     (256, 128, 64 channels) -> 3x3 conv (with bias) -> tanh;
+  D: [3x3 s1 conv -> norm -> act -> 4x4 s2 conv -> norm -> act] x 3 (64, 128, 256 channels)
+     -> 3x3 s1 conv to 512 -> norm -> act -> sum over H, W -> dense to 1 (with bias).
+Unlike the paper DCGAN, every D layer is normalised (the first too, as StudioGAN does), and a
+layer has a bias unless a normalisation follows it (which would cancel it). Spectral norm
+(``spectral_norm``) wraps every D convolution and the dense layer. docs/dcgan.md says where each
+choice was checked and how this differs from the paper and from StudioGAN.
 """
 
 from __future__ import annotations
@@ -26,6 +39,16 @@ from common_jax.errors import UserError
 from gans_jax.layers import Downsample, Upsample, make_norm
 
 conv_init = nn.initializers.normal(stddev=0.02)
+
+# Layer stacks by name (`model.architecture`): the paper DCGAN, and the spectral normalisation
+# paper's 32x32 DCGAN ("standard CNN").
+ARCHITECTURES = ("dcgan", "sngan_dcgan")
+
+
+def check_architecture(architecture: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"unknown model.architecture '{architecture}'; set "
+                        f"--config.model.architecture to one of {', '.join(ARCHITECTURES)}")
 
 
 def geometry(image_size: int) -> tuple[int, int]:
@@ -55,14 +78,16 @@ class Generator(nn.Module):
     norm: str = "batch"
     activation: str = "relu"
     dtype: jnp.dtype = jnp.float32
+    architecture: str = "dcgan"  # see ARCHITECTURES
 
     @nn.compact
     def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
+        check_architecture(self.architecture)
+        if self.architecture == "sngan_dcgan":
+            return self._sngan_dcgan(z, train=train)
         base, n = geometry(self.image_size)
         norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
-        def act(x, name):  # one module per layer: PReLU learns a slope per layer
-            return Activation(self.activation, name=f"{name}_act")(x)
-
+        act = self._act
         features = self.width * 2 ** (n - 1)
         x = nn.Dense(base * base * features, use_bias=False, kernel_init=conv_init,
                      dtype=self.dtype, name="project")(z)
@@ -74,6 +99,26 @@ class Generator(nn.Module):
             x = act(norm(name=f"up{i}_bn")(x), f"up{i}")
         x = self._upsample(self.channels, "to_image")(x)
         return jnp.tanh(x.astype(jnp.float32))
+
+    def _sngan_dcgan(self, z: jax.Array, *, train: bool) -> jax.Array:
+        base, n = geometry(self.image_size)
+        norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
+        features = self.width * 2**n  # 512 at width 64, 32x32
+        # The table's "dense": no norm or activation before the first transposed conv.
+        x = nn.Dense(base * base * features, kernel_init=conv_init, dtype=self.dtype,
+                     name="project")(z)
+        x = x.reshape(z.shape[0], base, base, features)  # [B, base, base, width * 2**n]
+        for i in range(n):
+            features //= 2
+            x = self._upsample(features, f"up{i}")(x)  # resolution doubles
+            x = self._act(norm(name=f"up{i}_bn")(x), f"up{i}")
+        x = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                    dtype=self.dtype, name="to_image")(x)  # [B, size, size, channels]
+        return jnp.tanh(x.astype(jnp.float32))
+
+    def _act(self, x: jax.Array, name: str) -> jax.Array:
+        # One module per layer: PReLU learns a slope per layer.
+        return Activation(self.activation, name=f"{name}_act")(x)
 
     def _upsample(self, features: int, name: str) -> nn.Module:
         return Upsample(features, method=self.upsample, impl=self.upsample_impl,
@@ -92,9 +137,13 @@ class Discriminator(nn.Module):
     activation: str = "leaky_relu"
     slope: float = 0.2  # LeakyReLU's negative slope (the paper's 0.2)
     dtype: jnp.dtype = jnp.float32
+    architecture: str = "dcgan"  # see ARCHITECTURES
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        check_architecture(self.architecture)
+        if self.architecture == "sngan_dcgan":
+            return self._sngan_dcgan(x, train=train)
         _, n = geometry(self.image_size)
         norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
         x = x.astype(self.dtype)
@@ -113,3 +162,33 @@ class Discriminator(nn.Module):
         else:
             logit = logit(x)
         return logit[:, 0].astype(jnp.float32)
+
+    def _sngan_dcgan(self, x: jax.Array, *, train: bool) -> jax.Array:
+        _, n = geometry(self.image_size)
+        norm = make_norm(self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype)
+        # A normalisation's mean subtraction cancels a bias before it: biases only without one.
+        use_bias = self.norm == "none"
+
+        def layer(x, features, kernel, stride, name):  # conv -> norm -> activation
+            conv = nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                           padding=((1, 1), (1, 1)), use_bias=use_bias, kernel_init=conv_init,
+                           dtype=self.dtype, name=name)
+            x = self._apply(conv, x, train=train)
+            x = norm(name=f"{name}_bn")(x)
+            return Activation(self.activation, slope=self.slope, name=f"{name}_act")(x)
+
+        x = x.astype(self.dtype)
+        for i in range(n):
+            features = self.width * 2**i
+            x = layer(x, features, 3, 1, f"conv{i}a")
+            x = layer(x, features, 4, 2, f"conv{i}b")  # halves H and W
+        x = layer(x, self.width * 2**n, 3, 1, f"conv{n}")  # [B, base, base, width * 2**n]
+        x = x.sum(axis=(1, 2))  # global sum pooling (StudioGAN's head)
+        logit = nn.Dense(1, kernel_init=conv_init, dtype=self.dtype, name="logit")
+        return self._apply(logit, x, train=train)[:, 0].astype(jnp.float32)
+
+    def _apply(self, layer: nn.Module, x: jax.Array, *, train: bool) -> jax.Array:
+        """The layer, divided by its kernel's largest singular value with spectral norm."""
+        if not self.spectral_norm:
+            return layer(x)
+        return nn.SpectralNorm(layer, name=f"{layer.name}_sn")(x, update_stats=train)
