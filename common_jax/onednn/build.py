@@ -60,7 +60,16 @@ def compile_command(compiler: str, include: Path, lib: Path, output: Path) -> li
             f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}", "-o", str(output)]
 
 
-def build(output: Path | None = None, *, quiet: bool = False) -> Path | None:
+def up_to_date(output: Path, lib: Path) -> bool:
+    """The library exists and is newer than its source and the oneDNN it links."""
+    if not output.exists():
+        return False
+    built = output.stat().st_mtime
+    inputs = (SOURCE, Path(__file__), lib / "libdnnl.so")
+    return all(built > path.stat().st_mtime for path in inputs)
+
+
+def build(output: Path | None = None, *, quiet: bool = False, force: bool = False) -> Path | None:
     """Builds the library; returns its path, or None (with the reason printed) if it cannot."""
     output = output or library_path()
     compiler = find_compiler()
@@ -73,6 +82,9 @@ def build(output: Path | None = None, *, quiet: bool = False) -> Path | None:
               "(pip install onednn-cpu-gomp onednn-devel-cpu-gomp, or set "
               f"{ROOT_ENV}); convolutions stay XLA's")
         return None
+    if not force and up_to_date(output, found[1]):
+        print(f"onednn: {output} is up to date")
+        return output
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial.so")  # never leave a half-written library behind
     command = compile_command(compiler, *found, partial)
@@ -88,8 +100,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="default: build/onednn/ in the source tree")
     parser.add_argument("--quiet", action="store_true", help="do not print the compile command")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
-    build(args.output, quiet=args.quiet)
+    build(args.output, quiet=args.quiet, force=args.force)
 
 
 if __name__ == "__main__":
