@@ -14,8 +14,9 @@ calls, each a ``jax.custom_vjp`` whose VJP is made of the other two (all three a
 so gradients of any order work (gradient penalties differentiate a gradient). Forward-mode
 (``jax.jvp``) is not defined for them.
 
-Wiring: flax's ``nn.Conv(..., conv_general_dilated=common_jax.conv.conv_general_dilated)``, or
-calling it where a layer calls ``lax.conv_general_dilated``. ``COMMON_JAX_ONEDNN=0`` switches it
+Wiring: `Conv` is flax's ``nn.Conv`` with ``conv_general_dilated`` set to this one (a drop-in for
+``nn.Conv`` in a model); code that calls ``lax.conv_general_dilated`` or ``lax.conv_transpose``
+calls the function of the same name here. ``COMMON_JAX_ONEDNN=0`` switches it
 off at trace time (functions already compiled keep what they were compiled with).
 """
 
@@ -25,6 +26,7 @@ import functools
 import logging
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -142,7 +144,9 @@ def _window(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimen
         return None
     lhs_dilation = tuple(lhs_dilation or (1, 1))
     rhs_dilation = tuple(rhs_dilation or (1, 1))
-    if isinstance(padding, str):  # as lax resolves it: on the undilated input
+    if isinstance(padding, str) and lhs_dilation != (1, 1):
+        return None  # lax refuses it, with its own message
+    if isinstance(padding, str):  # as lax resolves it
         kernel = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation, strict=True)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -220,3 +224,6 @@ def conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None, dimension_numb
                                 precision=precision,
                                 preferred_element_type=preferred_element_type)
 
+
+# flax's convolution layer computing through `conv_general_dilated`: ``Conv(features, (3, 3))``.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -278,6 +278,8 @@ class TinyGenerator(nn.Module):
         x = nn.Conv(8, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
                     conv_general_dilated=self.conv_fn)(x)
         x = nn.relu(x)
+        conv3 = conv.Conv if self.conv_fn else nn.Conv  # the ready-made drop-in layer
+        x = nn.relu(conv3(8, (3, 3), name="Conv_1")(x))
         kernel = self.param("up", nn.initializers.normal(0.1), (4, 4, 8, 3))
         transpose = conv.conv_transpose if self.conv_fn else lax.conv_transpose
         return jnp.tanh(transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2), ((2, 2), (2, 2)),
