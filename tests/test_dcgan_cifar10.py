@@ -213,8 +213,8 @@ def test_twin_computes_what_the_flax_networks_compute(d_norm):
     copy_to_twin(torch, g_vars["params"], d_params, g_twin, d_twin, base=4)
     g_twin.train(), d_twin.train()  # batch statistics, as the Flax train-mode apply
     with torch.no_grad():
-        twin_images = g_twin(torch.from_numpy(np.asarray(z)))
-        twin_logits = d_twin(torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2)))
+        twin_images = g_twin(torch.from_numpy(np.array(z)))
+        twin_logits = d_twin(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2)))
     np.testing.assert_allclose(twin_images.numpy().transpose(0, 2, 3, 1), np.asarray(images),
                                atol=2e-5)
     np.testing.assert_allclose(twin_logits.numpy(), np.asarray(logits), rtol=1e-4, atol=1e-4)
