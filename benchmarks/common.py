@@ -31,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "dcgan_fashion_mnist": "gans_jax/configs/dcgan_fashion_mnist.py",
     "dcgan_mnist": "gans_jax/configs/dcgan_mnist.py",
     "dcgan_anime": "gans_jax/configs/dcgan_anime.py",
+    "dcgan_cifar10": "gans_jax/configs/dcgan_cifar10.py",
     "cls_mnist": "classifiers_jax/configs/mnist.py",
     "cls_mnist_basic": "classifiers_jax/configs/mnist.py:basic",
     "cls_fashion_mnist": "classifiers_jax/configs/fashion_mnist.py",

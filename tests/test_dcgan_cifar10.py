@@ -240,33 +240,10 @@ def test_twin_has_the_flax_parameter_sizes(variant):
 
 
 def trainer_models(config):
-    """The trainer's networks for a config, with the architecture the config names."""
-    g, d = trainer.make_models(config)
-    arch = config.model.get("architecture", "dcgan")
-    return g.clone(architecture=arch), d.clone(architecture=arch)
+    """The trainer's networks for a config (the architecture the config names)."""
+    return trainer.make_models(config)
 
 
-@pytest.fixture
-def wired_trainer(monkeypatch):
-    """The DCGAN trainer building the configured architecture. Until make_models passes
-    `model.architecture` itself (test_trainer_builds_the_configured_architecture), this
-    wraps it to do so; once it does, the trainer runs unchanged."""
-    config = dcgan_cifar10.get_config("smoke")
-    if trainer.make_models(config)[0].architecture != "sngan_dcgan":
-        original = trainer.make_models
-
-        def make_models(config, axis_name=None):
-            g, d = original(config, axis_name)
-            arch = config.model.get("architecture", "dcgan")
-            return g.clone(architecture=arch), d.clone(architecture=arch)
-
-        monkeypatch.setattr(trainer, "make_models", make_models)
-    return trainer
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="gans_jax/trainers/dcgan.py make_models does not pass "
-                          "model.architecture yet; remove this mark when it does")
 def test_trainer_builds_the_configured_architecture():
     g, d = trainer.make_models(dcgan_cifar10.get_config())
     assert g.architecture == d.architecture == "sngan_dcgan"
@@ -326,18 +303,18 @@ def tiny_cifar(root, n: int = 24, seed: int = 0):
                                        ("dcgan_cifar10.py:hinge_sn+smoke", "sngan_dcgan"),
                                        ("dcgan_cifar10.py:studiogan+smoke", "sngan_dcgan"),
                                        ("dcgan_cifar10_paper.py:smoke", "dcgan")])
-def test_smoke_training_run(spec, arch, tmp_path, wired_trainer):
+def test_smoke_training_run(spec, arch, tmp_path):
     file, _, variant = spec.partition(":")
     module = importlib.import_module(f"gans_jax.configs.{file[:-3]}")
     config = module.get_config(variant)
     config.data.path = str(tiny_cifar(tmp_path / "data"))
-    summary = wired_trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["final_step"] == config.num_steps == 6
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     losses = [r for r in rows if "d_loss" in r]
     assert losses and all(np.isfinite(r["d_loss"]) and r["finite"] == 1.0 for r in losses)
     assert (tmp_path / "run" / "samples_final.png").is_file()
-    state = jax.eval_shape(lambda: wired_trainer.create_state(config))
+    state = jax.eval_shape(lambda: trainer.create_state(config))
     g_params, d_params = state.g.params, state.d.params
     if arch == "sngan_dcgan":
         assert g_params["to_image"]["kernel"].shape == (3, 3, 8, 3)

@@ -37,7 +37,7 @@ from common_jax import data as data_lib
 from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
 from common_jax.state import NetState, apply_gradients, create_net_state
 from gans_jax import checkerboard, evaluation, layers, losses
-from gans_jax.models.dcgan import Discriminator, Generator
+from gans_jax.models.dcgan import ARCHITECTURES, Discriminator, Generator
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # so that they cannot drift apart; train.py and the training loop refuse other values at
 # start-up (common_jax.config_utils.check_choices) instead of deep inside tracing.
 CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.architecture": ARCHITECTURES,
     "model.upsample": layers.UPSAMPLE,
     "model.upsample_impl": layers._IMPLS,
     "model.downsample": layers.DOWNSAMPLE,
@@ -86,12 +87,15 @@ def make_models(config: ml_collections.ConfigDict, axis_name: str | None = None)
     """The generator and discriminator for a config (axis_name syncs batch norm)."""
     m = config.model
     dtype = compute_dtype(m)
+    architecture = m.get("architecture", "dcgan")  # configs older than the key: the paper's
     g = Generator(image_size=m.image_size, channels=m.channels, width=m.g_width,
                   axis_name=axis_name, upsample=m.upsample, upsample_impl=m.upsample_impl,
-                  norm=m.g_norm, activation=m.g_activation, dtype=dtype)
+                  norm=m.g_norm, activation=m.g_activation, dtype=dtype,
+                  architecture=architecture)
     d = Discriminator(image_size=m.image_size, width=m.d_width, axis_name=axis_name,
                       downsample=m.downsample, norm=m.d_norm, spectral_norm=m.d_spectral_norm,
-                      activation=m.d_activation, slope=m.d_slope, dtype=dtype)
+                      activation=m.d_activation, slope=m.d_slope, dtype=dtype,
+                      architecture=architecture)
     return g, d
 
 
