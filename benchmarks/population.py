@@ -132,16 +132,16 @@ def measure_model(config, args, log=print) -> dict[str, Any]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_model_args(parser, default=" and ".join(DEFAULT_MODELS))
-    parser.add_argument("--members", default=",".join(map(str, DEFAULT_MEMBERS)),
-                        help="member counts K, comma-separated (--tiny: 1,2)")
+    parser.add_argument("--members", default=None,
+                        help="member counts K, comma-separated (default: 1,2,4,8; --tiny: 1,2)")
     parser.add_argument("--devices", type=int, default=0,
                         help="JAX devices for the step (0: as train.py, one per CPU core on a "
                              "CPU, else 1)")
     parser.add_argument("--parallel", choices=MODES, default="shard_map")
     common.add_common_args(parser)
     args = common.shrink_if_tiny(parser.parse_args(argv))
-    if args.tiny and args.members == ",".join(map(str, DEFAULT_MEMBERS)):
-        args.members = "1,2"
+    if args.members is None:
+        args.members = "1,2" if args.tiny else ",".join(map(str, DEFAULT_MEMBERS))
     try:
         args.members = tuple(int(k) for k in args.members.split(","))
     except ValueError:

@@ -174,10 +174,16 @@ def test_metrics_are_named_per_member_with_one_finite_flag():
 def test_memory_estimate_is_linear_and_refuses_what_does_not_fit():
     assert population.estimate(4, 100, 10, 2) == 2 * (10 + 4 * 100)
     assert population.check_fits(4, 100, 10, 2, available=10_000) == 820
-    with pytest.raises(UserError, match=r"a population of 8 members needs about .* but .* is "
-                                        r"available; set --config.population.members to 4 or "
-                                        "fewer"):
-        population.check_fits(8, 100 << 20, 10 << 20, 2, available=900 << 20)
+    mib = 1 << 20
+    # 2 devices x (10 + 8 x 100) MiB = 1620 MiB, asked for 3 times, against 900 MiB: 900 / 3
+    # / 2 = 150 MiB per device holds the batch and one member.
+    with pytest.raises(UserError, match=r"a population of 8 members needs about 1.58 GiB "
+                                        r"\(100.0 MiB per member on each of 2 device\(s\)\), 3x "
+                                        r"that with headroom, but 0.88 GiB is available; set "
+                                        r"--config.population.members to 1 or fewer"):
+        population.check_fits(8, 100 * mib, 10 * mib, 2, available=900 * mib)
+    assert population.check_fits(8, 100 * mib, 10 * mib, 2, available=900 * mib,
+                                 headroom=0.5) == 1620 * mib
     assert population.check_fits(8, 100, 10, 2, available=None) == 2 * (10 + 800)
 
 
