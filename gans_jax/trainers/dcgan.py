@@ -35,6 +35,7 @@ import optax
 from common_jax import activations, loop, parallel, population
 from common_jax import data as data_lib
 from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
+from common_jax.errors import UserError
 from common_jax.state import NetState, apply_gradients, create_net_state
 from gans_jax import checkerboard, evaluation, layers, losses
 from gans_jax.models.dcgan import ARCHITECTURES, Discriminator, Generator
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 # so that they cannot drift apart; train.py and the training loop refuse other values at
 # start-up (common_jax.config_utils.check_choices) instead of deep inside tracing.
 CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.architecture": ARCHITECTURES,
     "model.upsample": layers.UPSAMPLE,
     "model.upsample_impl": layers._IMPLS,
     "model.downsample": layers.DOWNSAMPLE,
@@ -87,7 +87,11 @@ def make_models(config: ml_collections.ConfigDict, axis_name: str | None = None)
     """The generator and discriminator for a config (axis_name syncs batch norm)."""
     m = config.model
     dtype = compute_dtype(m)
-    architecture = m.get("architecture", "dcgan")  # configs older than the key: the paper's
+    # Only the CIFAR-10 configs name an architecture; the others (and older runs) have no key.
+    architecture = m.get("architecture", "dcgan")
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"unknown model.architecture '{architecture}'; set "
+                        f"--config.model.architecture to one of: {', '.join(ARCHITECTURES)}")
     g = Generator(image_size=m.image_size, channels=m.channels, width=m.g_width,
                   axis_name=axis_name, upsample=m.upsample, upsample_impl=m.upsample_impl,
                   norm=m.g_norm, activation=m.g_activation, dtype=dtype,
