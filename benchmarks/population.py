@@ -42,7 +42,7 @@ def with_population(config: ml_collections.ConfigDict, members: int) -> ml_colle
     compile a step of its own."""
     c = ml_collections.ConfigDict(config.to_dict())
     c.population.members = members
-    c.population.seeds = tuple(range(members))
+    c.population.seeds = ",".join(str(seed) for seed in range(members))
     c.population.memory_check = False
     return c
 

@@ -49,8 +49,9 @@ def population_config() -> ml_collections.ConfigDict:
     Keys (``--config.population.<key>`` on the command line):
       members: K models trained side by side; 0: off. 1 is a population of one (the member
         axis and the vmapped step, e.g. to measure their cost).
-      seeds: one seed per member, e.g. ``0,1,2,3``; empty: every member uses ``seed``. The data
-        order always follows ``seed`` and is shared by all members.
+      seeds: one seed per member, comma-separated, e.g. ``"0,1,2,3"``; empty: every member uses
+        ``seed``. The data order always follows ``seed`` and is shared by all members. (A
+        string, as `hparams`: a tuple would come back from a checkpoint's JSON as a list.)
       hparams: per-member values of the keys the family declares (its POPULATION_KEYS), as
         space-separated ``key=v1,v2,...`` entries with one value per member, e.g.
         ``"optimizer.g_lr=1e-4,2e-4 optimizer.d_lr=2e-4,2e-4"``.
@@ -59,7 +60,7 @@ def population_config() -> ml_collections.ConfigDict:
     """
     p = ml_collections.ConfigDict()
     p.members = 0
-    p.seeds = ()
+    p.seeds = ""
     p.hparams = ""
     p.memory_check = True
     return p
@@ -123,7 +124,7 @@ def parse(config: ml_collections.ConfigDict, keys: Sequence[str] = ()) -> Spec:
     """
     p = section(config)
     members = int(p.members)
-    seeds, hparams = tuple(p.seeds or ()), str(p.hparams or "").strip()
+    seeds, hparams = str(p.seeds or "").strip(), str(p.hparams or "").strip()
     if members < 0:
         raise UserError(f"population.members must not be negative, got {members}; set "
                         "--config.population.members to 0 (off) or the member count")
@@ -173,16 +174,19 @@ def _numbers(key: str, items: list[str], members: int) -> tuple[float, ...]:
     return values
 
 
-def _checked_seeds(seeds: tuple, members: int, config) -> tuple[int, ...]:
-    if not seeds:
+def _checked_seeds(text: str, members: int, config) -> tuple[int, ...]:
+    if not text:
         return (int(config.seed),) * members
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise UserError(f"population.seeds must be integers, got {seeds!r}; e.g. "
-                        "--config.population.seeds=0,1,2,3")
+    items = text.replace(",", " ").split()
+    try:
+        seeds = tuple(int(item) for item in items)
+    except ValueError:
+        raise UserError(f"population.seeds must be integers, got '{text}'; e.g. "
+                        "--config.population.seeds=0,1,2,3") from None
     if len(seeds) != members:
         raise UserError(f"population.seeds gives {len(seeds)} seeds for {members} members; "
                         f"give one per member (or set --config.population.members={len(seeds)})")
-    return tuple(int(s) for s in seeds)
+    return seeds
 
 
 def check(config: ml_collections.ConfigDict, keys: Sequence[str]) -> Spec:

@@ -57,7 +57,7 @@ def cls_config(digits, **overrides):
 
 
 def pop(members, seeds=(), hparams=""):
-    return {"population.members": members, "population.seeds": tuple(seeds),
+    return {"population.members": members, "population.seeds": ",".join(map(str, seeds)),
             "population.hparams": hparams}
 
 
@@ -130,12 +130,13 @@ def test_member_configs_carry_each_members_seed_and_values(digits):
     (pop(2, (), "optimizer.g_lr"), "bad --config.population.hparams entry 'optimizer.g_lr'"),
     (pop(2, (), "ema_decay=0.9,0.99 ema_decay=0.9,0.9"), "gives ema_decay twice"),
     (pop(3, (0, 1)), "gives 2 seeds for 3 members"),
+    ({**pop(2), "population.seeds": "0,one"}, "population.seeds must be integers, got '0,one'"),
     (pop(0, (0, 1)), "population.seeds is set but population.members is 0"),
     (pop(0, (), "ema_decay=1,2"), "population.hparams is set but population.members is 0"),
     (pop(2), "two of the 2 members have the same seed and values"),
     (pop(-1), "population.members must not be negative"),
 ], ids=["undeclared", "not-traceable", "length", "not-a-number", "no-values", "twice",
-        "seeds-length", "seeds-off", "hparams-off", "identical", "negative"])
+        "seeds-length", "seeds-not-integers", "seeds-off", "hparams-off", "identical", "negative"])
 def test_section_mistakes_are_one_line(digits, overrides, message):
     with pytest.raises(UserError, match=None) as error:
         dcgan.make_task(gan_config(digits, **overrides))
