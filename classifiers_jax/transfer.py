@@ -60,9 +60,13 @@ def data_name(config: ml_collections.ConfigDict) -> str:
 
 
 def cache_path(sha256: str, data: str, split: str, resolution: int,
-               limit: int | None = None) -> Path:
+               limit: int | None = None, preprocess: str = "caffe") -> Path:
+    """The cache file of one feature set. Everything that changes the features is in the
+    name: the weights, data, split, resolution, and the input preprocessing when it is not
+    the Keras weights' own "caffe" (files made before that was named are all "caffe")."""
     part = f"-first{limit}" if limit else ""
-    return cache_root() / f"resnet50-{sha256[:12]}-{data}-{split}{part}-{resolution}px.npz"
+    mode = "" if preprocess == "caffe" else f"-{preprocess}"
+    return cache_root() / f"resnet50-{sha256[:12]}-{data}-{split}{part}-{resolution}px{mode}.npz"
 
 
 def save_features(path: Path, features: np.ndarray, labels: np.ndarray,
@@ -125,18 +129,19 @@ def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None 
     from classifiers_jax import resnet_weights
 
     resolution = int(config.model.image_size)
+    preprocess = config.model.get("preprocess", "caffe")
     variables, meta = resnet_weights.load_resnet50(config.model.get("weights") or None)
-    path = cache_path(meta["sha256"], data_name(config), split, resolution, limit)
+    path = cache_path(meta["sha256"], data_name(config), split, resolution, limit, preprocess)
     if path.is_file():
         log.info("features from the cache: %s", path)
         return load_features(path)
 
-    model = resnet_weights.model_for(meta, preprocess=config.model.get("preprocess", "caffe"))
+    model = resnet_weights.model_for(meta, preprocess=preprocess)
     features, labels, timing = split_features(model, variables, config, split, limit=limit,
                                               batch_size=batch_size)
     protocol = {"network": "resnet50", "weights": meta["path"], "weights_sha256": meta["sha256"],
                 "layout": meta["layout"], "data": data_name(config), "split": split,
-                "examples": int(len(labels)), "resolution": resolution,
+                "examples": int(len(labels)), "resolution": resolution, "preprocess": preprocess,
                 "resize": "bilinear (antialiased when shrinking), centre square crop",
                 "batch_norm": "inference (ImageNet running statistics)", **timing}
     save_features(path, features, labels, protocol)
@@ -155,28 +160,48 @@ def _first(source, limit: int):
 
 
 def probe(config: ml_collections.ConfigDict, resolution: int, *, limit: int | None = None,
-          **probe_args) -> dict[str, Any]:
-    """Train and test features at `resolution`, then the linear probe on them."""
-    from common_jax.linear_probe import fit_linear_probe
+          l2: float | str = "auto", optimizer: str = "lbfgs", val_fraction: float = 0.1
+          ) -> dict[str, Any]:
+    """Train and test features at `resolution`, then the linear probe on them: with
+    l2="auto", the L2 strength is chosen on a held-out `val_fraction` of the training split
+    (`common_jax.linear_probe.tune_linear_probe`) before the fit on the whole of it."""
+    from common_jax import linear_probe
 
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.image_size = resolution
     train_x, train_y, train_p = extract(config, config.data.split, limit=limit)
     test_x, test_y, test_p = extract(config, config.data.eval_split, limit=limit)
-    result = fit_linear_probe(train_x, train_y, test_x, test_y,
-                              num_classes=int(config.model.num_classes), **probe_args)
+    num_classes = int(config.model.num_classes)
+    if l2 == "auto":
+        result = linear_probe.tune_linear_probe(train_x, train_y, test_x, test_y,
+                                                num_classes=num_classes, optimizer=optimizer,
+                                                val_fraction=val_fraction)
+    else:
+        result = linear_probe.fit_linear_probe(train_x, train_y, test_x, test_y,
+                                               num_classes=num_classes, optimizer=optimizer,
+                                               l2=float(l2))
     return {"resolution": resolution, "test_accuracy": result["test_accuracy"],
             "train_accuracy": result["train_accuracy"], "probe": result,
             "train_features": train_p, "test_features": test_p}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from common_jax.linear_probe import l2_arg
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="a resnet50 classifier config "
                         "(its data, eval split, weights and preprocessing are used)")
     parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--split-limit", type=int, default=None,
                         help="only the first N examples of each split (a quick look)")
+    parser.add_argument("--l2", type=l2_arg, default="auto", help="the probe's L2 strength, "
+                        "or 'auto': the best of common_jax.linear_probe.L2_GRID on a held-out "
+                        "part of the training split (default)")
+    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs",
+                        help="lbfgs: full batch to convergence (default); adam: 30 epochs of "
+                        "minibatches, the probe's former setting")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="the part of the training split held out to choose the L2 strength")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -209,9 +234,11 @@ def main(argv=None) -> int:
         config = load_config(args.config)
         results = []
         for resolution in args.resolution:
-            result = probe(config, resolution, limit=args.split_limit)
+            result = probe(config, resolution, limit=args.split_limit, l2=args.l2,
+                           optimizer=args.optimizer, val_fraction=args.val_fraction)
             print(f"{resolution:4d} px: linear probe test accuracy "
-                  f"{result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}); "
+                  f"{result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}, "
+                  f"l2 {result['probe']['settings']['l2']:g}); "
                   f"features {result['train_features']['images_per_s']} images/s")
             results.append(result)
     except UserError as error:

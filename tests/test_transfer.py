@@ -80,6 +80,48 @@ def test_features_are_computed_once_and_named_by_weights_split_and_resolution(
     assert any(np.allclose(row, direct[0], atol=1e-4) for row in features)
 
 
+def test_upsampled_features_are_the_classify_paths(images, weights, tmp_path, monkeypatch):
+    """The feature path resizes and preprocesses exactly as `train.py classify` does (the
+    path whose ImageNet logits match Keras'), here with 32 px images upsampled to 64."""
+    from common_jax import data as data_lib
+
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    c = config_for(images, weights, image_size=64)
+    features, _, protocol = transfer.extract(c, "test", batch_size=8)
+    assert protocol["resolution"] == 64 and protocol["preprocess"] == "caffe"
+    variables, meta = resnet_weights.load_resnet50(weights)
+    model = resnet_weights.model_for(meta, preprocess="caffe")
+    pixels = data_lib.load_image_files([images / "test" / "dog" / "3.png"], image_size=64,
+                                       channels=3)
+    assert pixels.shape == (1, 64, 64, 3) and -1 <= pixels.min() < pixels.max() <= 1
+    direct = np.asarray(model.apply(variables, pixels, train=False, features_only=True))[0]
+    distances = np.abs(features - direct).max(axis=1)
+    assert distances.min() < 1e-4 and np.sort(distances)[1] > 1e-2  # one row, and only one
+
+
+def test_preprocessing_is_part_of_the_cache_name(images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    caffe, _, _ = transfer.extract(config_for(images, weights), "test", batch_size=8)
+    torch, _, protocol = transfer.extract(config_for(images, weights, preprocess="torch"),
+                                          "test", batch_size=8)
+    assert protocol["preprocess"] == "torch"
+    names = sorted(p.name for p in (tmp_path / "features").glob("*.npz"))
+    assert len(names) == 2 and names[0].endswith("-test-32px-torch.npz")
+    assert names[1].endswith("-test-32px.npz")
+    assert np.abs(caffe - torch).max() > 1e-3  # not the caffe file read back
+
+
+def test_probe_chooses_l2_on_training_examples_only(images, weights, tmp_path, monkeypatch):
+    from common_jax.linear_probe import L2_GRID
+
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    result = transfer.probe(config_for(images, weights), 32, val_fraction=0.25)
+    selection = result["probe"]["l2_selection"]
+    assert selection["num_fit"] == 9 and selection["num_validation"] == 3  # of 12 training
+    assert result["probe"]["settings"]["l2"] == selection["l2"] in L2_GRID
+    assert result["probe"]["num_test"] == 10 and result["test_features"]["split"] == "test"
+
+
 def test_pretrained_backbone_under_a_new_head(images, weights):
     c = config_for(images, weights)
     state = classifier.create_state(c)
