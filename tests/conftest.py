@@ -3,8 +3,11 @@
 import os
 
 # Must be set before JAX initialises its backends.
+# XLA's CPU collectives abort the process when one device arrives more than 60 s after the
+# others; on a loaded 2-core machine a starved device thread can be that late, so allow more.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=1800").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
