@@ -175,7 +175,7 @@ def test_schedule_derives_the_steps_and_refuses_lists_that_do_not_add_up(faces):
     assert progan.resolved(smoke_config(faces)).num_steps == 10
     anime = progan.resolved(progan_anime.get_config())
     assert anime.num_steps == 9 * 625  # 10,000 images per phase at batch 16
-    assert progan_anime.IMAGES_PER_PHASE * 32 == progan_base.PAPER_IMAGES_PER_PHASE
+    assert progan_anime.IMAGES_PER_PHASE * 80 == progan_base.PAPER_IMAGES_PER_PHASE
     # a phase of a batch and a half takes two steps (the images are rounded up to steps)
     assert progan.schedule(smoke_config(faces, **{"schedule.stable_images": [12, 16, 16]}))[
         0].stable_steps == 2
