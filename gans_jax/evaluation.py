@@ -212,26 +212,33 @@ def _protocol_text(protocol: dict) -> str:
 
 
 class ScoreAction:
-    """A trainer's periodic action: scores samples of the state's EMA generator.
+    """A trainer's periodic action: scores samples of the state's EMA generator, and of the raw
+    generator too when `raw_sampler` is given (a run with a weight average).
 
     `sampler(state, num)` streams the samples. Every ``metrics.every`` steps it scores
     ``metrics.periodic_num_samples`` of them; at the end ``metrics.num_samples``, and puts the
-    result into the task's summary under "gan_metrics".
+    result into the task's summary under "gan_metrics" ("gan_metrics_raw" for the raw
+    generator, whose scalars are prefixed "raw_").
     """
 
     def __init__(self, scorer: SampleScorer, sampler: Callable[[Any, int], Iterable],
-                 summary: dict):
+                 summary: dict, raw_sampler: Callable[[Any, int], Iterable] | None = None):
         self.scorer, self.sampler, self.summary = scorer, sampler, summary
+        self.raw_sampler = raw_sampler
 
     def __call__(self, state, step: int, writer: RunWriter, *, final: bool = False) -> None:
         m = self.scorer.metrics
         num = m.num_samples if final else m.periodic_num_samples
-        result = self.scorer.score(lambda n: self.sampler(state, n), num)
-        writer.write_scalars(step, scalars(result))
-        for line in describe(result):
-            log.info("step %d %s", step, line)
-        if final:
-            self.summary["gan_metrics"] = {"step": step, **result}
+        generators = [("", "gan_metrics", self.sampler)]
+        if self.raw_sampler is not None:
+            generators.append(("raw_", "gan_metrics_raw", self.raw_sampler))
+        for prefix, key, sampler in generators:
+            result = self.scorer.score(lambda n, sampler=sampler: sampler(state, n), num)
+            writer.write_scalars(step, scalars(result, prefix))
+            for line in describe(result):
+                log.info("step %d %s%s", step, "raw G " if prefix else "", line)
+            if final:
+                self.summary[key] = {"step": step, **result}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: str | Path,

@@ -3,7 +3,8 @@
     python -m gans_jax.fid_curve RUN_DIR [RUN_DIR ...] --out docs/dcgan_cifar10_fid.png
         [--label NAME ...] [--reference "LABEL=FID" ...] [--no-published] [--x g_updates]
 
-Each run's `metrics.jsonl` gives the curve: its `inception_fid` entries by step (the periodic
+Each run's `metrics.jsonl` gives the curve (two when the run has a weight average of G: its
+EMA generator's and, from the `raw_` scores, the raw generator's): its `inception_fid` entries by step (the periodic
 scores and, at the last step, the final one) and any `eval_inception_fid` entries written by
 `train.py eval`. The number of generated images behind each point comes from the run's
 `config.json` (`metrics.periodic_num_samples`) and, for the final and eval scores, from the
@@ -33,6 +34,7 @@ PUBLISHED = (
     ("StudioGAN DCGAN: this CNN, n_dis 2, best of 200k G steps; 10k test vs 10k", 50.28),
 )
 FID_KEY, EVAL_KEY = "inception_fid", "eval_inception_fid"
+RAW_PREFIX = "raw_"  # the raw generator's scores in a run with a weight average
 
 
 @dataclass
@@ -84,8 +86,9 @@ def protocol_n(summary: dict, key: str) -> tuple[int | None, int | None]:
     return section.get("step"), n
 
 
-def load_curve(run_dir: str | Path, label: str | None = None) -> Curve:
-    """A run's Inception FID curve (see the module docstring)."""
+def load_curve(run_dir: str | Path, label: str | None = None, *, raw: bool = False) -> Curve:
+    """A run's Inception FID curve (see the module docstring): its EMA generator's, or with
+    `raw` its raw generator's (`raw_` scalars, written when the run has a weight average)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run directory '{run}' not found; give the --workdir of a GAN run")
@@ -96,17 +99,28 @@ def load_curve(run_dir: str | Path, label: str | None = None) -> Curve:
     config, summary = read_json(run / "config.json"), read_json(run / "summary.json")
     curve = Curve(label or run.name, n_critic=int(config.get("n_critic", 1)))
     curve.periodic_n = (config.get("metrics") or {}).get("periodic_num_samples")
-    final_step, curve.final_n = protocol_n(summary, "gan_metrics")
+    fid_key = RAW_PREFIX + FID_KEY if raw else FID_KEY
+    final_step, curve.final_n = protocol_n(summary, "gan_metrics_raw" if raw else "gan_metrics")
     _, curve.eval_n = protocol_n(summary, "eval")
     for row in read_metrics(metrics):
         step = int(row["step"])
-        if FID_KEY in row and step == final_step:
-            curve.final = (step, float(row[FID_KEY]))
-        elif FID_KEY in row:
-            curve.periodic.append((step, float(row[FID_KEY])))
-        if EVAL_KEY in row:
+        if fid_key in row and step == final_step:
+            curve.final = (step, float(row[fid_key]))
+        elif fid_key in row:
+            curve.periodic.append((step, float(row[fid_key])))
+        if EVAL_KEY in row and not raw:
             curve.evals.append((step, float(row[EVAL_KEY])))
     return curve
+
+
+def load_curves(run_dir: str | Path, label: str | None = None) -> list[Curve]:
+    """A run's EMA-generator curve, and its raw-generator curve when the run scored both."""
+    ema = load_curve(run_dir, label)
+    raw = load_curve(run_dir, label, raw=True)
+    if not (raw.periodic or raw.final):
+        return [ema]
+    ema.label, raw.label = f"{ema.label} EMA G", f"{raw.label} raw G"
+    return [ema, raw]
 
 
 def parse_reference(text: str) -> tuple[str, float]:
@@ -187,7 +201,8 @@ def run(args: argparse.Namespace) -> Path:
         raise UserError(f"{len(args.label)} --label for {len(args.run_dirs)} run directories; "
                         "give one --label per run or none")
     labels = args.label or [None] * len(args.run_dirs)
-    curves = [load_curve(d, label) for d, label in zip(args.run_dirs, labels, strict=True)]
+    curves = [curve for d, label in zip(args.run_dirs, labels, strict=True)
+              for curve in load_curves(d, label)]
     empty = [c.label for c in curves if not (c.periodic or c.final or c.evals)]
     if len(empty) == len(curves):
         raise UserError(f"no {FID_KEY} in the metrics.jsonl of {', '.join(empty)}; train with "

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common_jax import conv as common_conv
 from common_jax.errors import UserError
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -40,7 +41,7 @@ def conv_transpose_4x4(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -
         impl = "subpixel" if jax.default_backend() == "cpu" else "xla"
     if impl == "xla":
         # conv_transpose with transpose_kernel expects [kh, kw, Cout, Cin] and flips it.
-        return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2),
+        return common_conv.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2),
                                       ((2, 2), (2, 2)), dimension_numbers=_DIMS,
                                       transpose_kernel=True)
     if impl != "subpixel":
@@ -51,7 +52,7 @@ def conv_transpose_4x4(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -
                      for a in (0, 1) for b in (0, 1)]
     stacked = jnp.concatenate(phase_kernels, axis=-1)  # [2, 2, Cin, 4 * Cout]
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    y = jax.lax.conv_general_dilated(padded, stacked, (1, 1), "VALID",
+    y = common_conv.conv_general_dilated(padded, stacked, (1, 1), "VALID",
                                      dimension_numbers=_DIMS)  # [B, H+1, W+1, 4 * Cout]
     y = y.reshape(batch, height + 1, width + 1, 2, 2, cout)
     # Phase (a, b) of output row/column parity sits at offset (a, b) of the H+1 x W+1 grid.
@@ -102,7 +103,7 @@ def conv_transpose_3x3(x: jax.Array, kernel: jax.Array, *, impl: str = "xla") ->
         return _conv_transpose_3x3_subpixel(x, kernel)
     if impl != "xla":
         raise ValueError(f"unknown impl '{impl}'; use 'auto', 'xla' or 'subpixel'")
-    return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2), ((1, 2), (1, 2)),
+    return common_conv.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2), ((1, 2), (1, 2)),
                                   dimension_numbers=_DIMS, transpose_kernel=True)
 
 
@@ -126,7 +127,7 @@ def _conv_transpose_3x3_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
               for a in (0, 1) for b in (0, 1)]  # each [2, 2, Cin, Cout]
     stacked = jnp.concatenate(phases, axis=-1)  # [2, 2, Cin, 4 * Cout]
     padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # input H, W past the edge: zero
-    y = jax.lax.conv_general_dilated(padded, stacked, (1, 1), "VALID",
+    y = common_conv.conv_general_dilated(padded, stacked, (1, 1), "VALID",
                                      dimension_numbers=_DIMS)  # [B, H, W, 4 * Cout]
     y = y.reshape(batch, height, width, 2, 2, cout)  # phase (a, b) -> output (2m+a, 2n+b)
     return y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, cout)
@@ -134,7 +135,7 @@ def _conv_transpose_3x3_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Stride-1 convolution with SAME padding; kernel [kh, kw, Cin, Cout]."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
+    return common_conv.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
 
 
 def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
@@ -229,7 +230,7 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         _check_choice("downsampling method", self.method, DOWNSAMPLE)
         strided = self.method == "strided"
-        conv = nn.Conv(self.features, (4, 4) if strided else (3, 3),
+        conv = common_conv.Conv(self.features, (4, 4) if strided else (3, 3),
                        strides=(2, 2) if strided else (1, 1),
                        padding=((1, 1), (1, 1)) if strided else "SAME", use_bias=False,
                        kernel_init=self.kernel_init, dtype=self.dtype, name="conv")

@@ -252,7 +252,7 @@ def test_trainer_builds_the_configured_architecture():
 def test_variants_set_what_they_say_and_smoke_goes_last():
     base = dcgan_cifar10.get_config()
     assert (base.model.architecture, base.model.z_dim, base.batch_size) == ("sngan_dcgan", 128, 64)
-    assert (base.loss.kind, base.n_critic, base.ema_decay) == ("non_saturating", 1, 0.0)
+    assert (base.loss.kind, base.n_critic, base.ema_decay) == ("non_saturating", 1, 0.999)
     assert (base.optimizer.g_lr, base.optimizer.b1, base.optimizer.b2) == (2e-4, 0.5, 0.999)
     assert base.metrics.inception and base.metrics.reference_split == "test"
     assert base.data.augment == "flip" and base.model.image_size == 32

@@ -31,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from common_jax import cache
+from common_jax.conv import Conv
 from common_jax.errors import UserError
 
 INPUT_SIZE = 299
@@ -52,7 +53,7 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x):
         ph, pw = self.padding
-        x = nn.Conv(self.features, self.kernel, strides=self.stride,
+        x = Conv(self.features, self.kernel, strides=self.stride,
                     padding=((ph, ph), (pw, pw)), use_bias=False, name="conv")(x)
         x = nn.BatchNorm(use_running_average=True, use_scale=False, epsilon=1e-3, name="bn")(x)
         return nn.relu(x)

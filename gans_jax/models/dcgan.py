@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax.activations import Activation
+from common_jax.conv import Conv
 from common_jax.errors import UserError
 from gans_jax.layers import Downsample, Upsample, make_norm
 
@@ -112,7 +113,7 @@ class Generator(nn.Module):
             features //= 2
             x = self._upsample(features, f"up{i}")(x)  # resolution doubles
             x = self._act(norm(name=f"up{i}_bn")(x), f"up{i}")
-        x = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+        x = Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
                     dtype=self.dtype, name="to_image")(x)  # [B, size, size, channels]
         return jnp.tanh(x.astype(jnp.float32))
 
@@ -170,7 +171,7 @@ class Discriminator(nn.Module):
         use_bias = self.norm == "none"
 
         def layer(x, features, kernel, stride, name):  # conv -> norm -> activation
-            conv = nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+            conv = Conv(features, (kernel, kernel), strides=(stride, stride),
                            padding=((1, 1), (1, 1)), use_bias=use_bias, kernel_init=conv_init,
                            dtype=self.dtype, name=name)
             x = self._apply(conv, x, train=train)

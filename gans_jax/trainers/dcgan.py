@@ -316,9 +316,12 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
     # Only when configured: a run without scores pays nothing for them.
     scorer = evaluation.scorer_for(config)
     if scorer is not None:
+        # With a weight average the raw generator is scored too (published GAN scores are
+        # mostly of the raw one); with ema_decay 0 the two are the same network.
+        raw = make_sampler(config, scorer, use_ema=False) if config.ema_decay > 0 else None
         periodic["metrics"] = (scorer.metrics.every,
                                evaluation.ScoreAction(scorer, make_sampler(config, scorer),
-                                                      summary))
+                                                      summary, raw_sampler=raw))
 
     def prepare_all(sources):
         prepare(sources["train"])
@@ -339,10 +342,12 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
     )
 
 
-def make_sampler(config: ml_collections.ConfigDict, scorer: evaluation.SampleScorer):
-    """(state, num) -> batches of the EMA generator's samples, for the scorer."""
+def make_sampler(config: ml_collections.ConfigDict, scorer: evaluation.SampleScorer, *,
+                 use_ema: bool = True):
+    """(state, num) -> batches of the EMA (or raw) generator's samples, for the scorer."""
     def sampler(state: GANState, num: int) -> Iterator[np.ndarray]:
-        return generate_batches(state, config, num, batch_size=scorer.metrics.batch_size)
+        return generate_batches(state, config, num, batch_size=scorer.metrics.batch_size,
+                                use_ema=use_ema)
 
     return sampler
 
