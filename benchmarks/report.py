@@ -115,6 +115,16 @@ def train_step_section(record: dict) -> list[str]:
         out += ["", "The same JAX steps computing in bfloat16 (parameters float32), alternating "
                 "with the rounds above:", ""]
         out += _table(["model", "JAX bfloat16 images/s", "bfloat16 / float32"], bf16)
+    xla_conv = [[f"`{n}`", _num(e["jax"].get("onednn_custom_calls")), _rate(e["jax"]),
+                 _rate(e["jax_xla_conv"]), _num(e.get("ratios", {}).get(
+                     "jax_over_jax_xla_conv"), 2)]
+                for n, e in record.get("results", {}).items()
+                if isinstance(e.get("jax_xla_conv"), dict)]
+    if xla_conv:
+        out += ["", "The JAX steps above with oneDNN's convolutions (`common_jax.conv`) beside "
+                "the same steps traced with XLA's, alternating in the same rounds:", ""]
+        out += _table(["model", "oneDNN custom calls", "JAX images/s", "with XLA's "
+                       "convolutions", "oneDNN / XLA"], xla_conv)
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     return out

@@ -6,6 +6,7 @@ side by side, in PyTorch; plus the input pipeline alone and end to end.
     python -m benchmarks.train_step --devices 8 --parallel pmap   # forced CPU devices on a CPU
     python -m benchmarks.train_step --tiny                   # smoke-size models, seconds each
     python -m benchmarks.train_step --bfloat16 --no-torch    # JAX float32 beside JAX bfloat16
+    python -m benchmarks.train_step --xla-conv               # oneDNN convolutions beside XLA's
 
 For each model the state and the compiled step are built exactly as the training loop builds
 them: the trainer's `make_task(config)` gives `create_state` and its last stage's `train_step`
@@ -20,14 +21,19 @@ as mean ± std over the rounds, compile time; for JAX also FLOPs per step (XLA's
 summed over the devices), achieved GFLOP/s and its fraction of the float32 XLA matmul peak
 measured at the start of the same run (`benchmarks.peak`), XLA's memory analysis, device memory
 statistics where the backend has them, and the process's peak RSS so far; the JAX/PyTorch
-ratios. Then the model's real input pipeline alone and end to end (`benchmarks.input_pipeline`).
-Writes benchmarks/results/train_step_<tag>.json.
+ratios. With `--xla-conv` (and the oneDNN extension built, `common_jax.conv`) a second JAX step
+traced with the extension switched off joins the rounds, so the step with oneDNN's convolutions
+and with XLA's alternate in one process; each JAX step records how many oneDNN custom calls its
+compiled program holds. Then the model's real input pipeline alone and end to end
+(`benchmarks.input_pipeline`). Writes benchmarks/results/train_step_<tag>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import time
 from typing import Any
 
@@ -36,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import common, input_pipeline, peak, torch_baselines
+from common_jax import onednn
 from common_jax.parallel import MODES, DataParallel
 
 
@@ -58,6 +65,8 @@ class JaxStep:
         step = stage.train_step
         self.compiled = self.dp.compile(step).lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
+        # Convolutions that run as oneDNN custom calls (0: all of them are XLA's).
+        self.onednn_calls = self.compiled.as_text().count('custom_call_target="Onednn')
 
     def run(self, n: int) -> None:
         """n steps on the synthetic batch, waiting for the last."""
@@ -79,6 +88,7 @@ class JaxStep:
         return common.Contestant(name, self.run, common.batch_size(self.config), {
             "devices": self.dp.num_devices, "parallel": self.dp.mode,
             "compile_s": round(self.compile_s, 2), "params": self.params,
+            "onednn_custom_calls": self.onednn_calls,
             "flops_per_step": self.flops_per_step(), "xla_memory": self.memory()})
 
     def flops_per_step(self) -> float | None:
@@ -164,14 +174,37 @@ def bfloat16_step(config, args, log=print) -> JaxStep:
     return step
 
 
+@contextlib.contextmanager
+def onednn_switched_off():
+    """COMMON_JAX_ONEDNN=0 inside: what is traced here gets XLA's own convolutions."""
+    saved = os.environ.get(onednn.SWITCH_ENV)
+    os.environ[onednn.SWITCH_ENV] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[onednn.SWITCH_ENV]
+        else:
+            os.environ[onednn.SWITCH_ENV] = saved
+
+
+def xla_conv_step(config, args, log=print) -> JaxStep:
+    """The same step with XLA's convolutions: traced with the oneDNN extension switched off."""
+    with onednn_switched_off():
+        step = JaxStep(config, devices=args.devices, mode=args.parallel)
+    log(f"  jax with XLA's convolutions: compile {step.compile_s:.1f} s")
+    return step
+
+
 def ratios(entry: dict[str, Any]) -> dict[str, float]:
-    """JAX images/s over each PyTorch contestant's, and bfloat16 JAX over float32 JAX."""
+    """JAX images/s over each PyTorch contestant's, bfloat16 JAX over float32 JAX, and the
+    step with the configured convolutions over the one with XLA's."""
     jax_rate = entry.get("jax", {}).get("images_per_s")
     out = {}
     bf16_rate = entry.get("jax_bfloat16", {}).get("images_per_s")
     if jax_rate and bf16_rate:
         out["jax_bfloat16_over_jax"] = round(bf16_rate / jax_rate, 3)
-    for name in ("torch_eager", "torch_compile"):
+    for name in ("jax_xla_conv", "torch_eager", "torch_compile"):
         other = entry.get(name)
         if jax_rate and isinstance(other, dict) and other.get("images_per_s"):
             out[f"jax_over_{name}"] = round(jax_rate / other["images_per_s"], 3)
@@ -186,6 +219,10 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
     if args.bfloat16:
         contestants.append(bfloat16_step(config, args, log).contestant("jax_bfloat16"))
     skipped: dict[str, str] = {}
+    if args.xla_conv and not step.onednn_calls:
+        skipped["jax_xla_conv"] = f"skipped: no convolution runs on oneDNN ({onednn.status()})"
+    elif args.xla_conv:
+        contestants.append(xla_conv_step(config, args, log).contestant("jax_xla_conv"))
     if args.no_torch:
         skipped["torch"] = "skipped: --no-torch"
     else:
@@ -258,6 +295,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PyTorch memory layout (auto: the faster one per model)")
     parser.add_argument("--bfloat16", action="store_true",
                         help="also time the JAX step computing in bfloat16 (float32 params)")
+    parser.add_argument("--xla-conv", action="store_true",
+                        help="also time the JAX step with XLA's convolutions (the oneDNN "
+                             "extension switched off while it is traced)")
     parser.add_argument("--no-input", action="store_true",
                         help="skip the input pipeline and end-to-end measurements")
     common.add_common_args(parser)

@@ -36,6 +36,7 @@ from common_jax import data as data_lib
 from common_jax import metrics
 from common_jax.checkpoint import restore_for_inference
 from common_jax.config_utils import apply_overrides
+from common_jax.conv import Conv
 from gans_jax import checkerboard
 from gans_jax.configs import dcgan_mnist
 from gans_jax.trainers import dcgan
@@ -70,7 +71,7 @@ class Judge(nn.Module):
     @nn.compact
     def __call__(self, x):  # x [B, 28, 28, 1] in [-1, 1]
         for features in (32, 64):
-            x = nn.relu(nn.Conv(features, (3, 3))(x))
+            x = nn.relu(Conv(features, (3, 3))(x))
             x = nn.max_pool(x, (2, 2), (2, 2))
         features = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
         return features, nn.Dense(10)(features)

@@ -4,13 +4,13 @@
         [--label NAME ...] [--reference "LABEL=FID" ...] [--no-published] [--x g_updates]
 
 Each run's `metrics.jsonl` gives the curve (two when the run has a weight average of G: its
-EMA generator's and, from the `raw_` scores, the raw generator's): its `inception_fid` entries by step (the periodic
-scores and, at the last step, the final one) and any `eval_inception_fid` entries written by
-`train.py eval`. The number of generated images behind each point comes from the run's
-`config.json` (`metrics.periodic_num_samples`) and, for the final and eval scores, from the
-protocol in `summary.json`; FID depends on it (fewer samples score higher), so the legend says
-it. `--x g_updates` divides the steps by the run's `n_critic` (D updates per G update), the
-unit Mimicry and StudioGAN count their steps in.
+EMA generator's and, from the `raw_` scores, the raw generator's): its `inception_fid` entries
+by step (the periodic scores and, at the last step, the final one) and any
+`eval_inception_fid` entries written by `train.py eval`. The number of generated images behind
+each point comes from the run's `config.json` (`metrics.periodic_num_samples`) and, for the
+final and eval scores, from the protocol in `summary.json`; FID depends on it (fewer samples
+score higher), so the legend says it. `--x g_updates` divides the steps by the run's
+`n_critic` (D updates per G update), the unit Mimicry and StudioGAN count their steps in.
 
 The published CIFAR-10 DCGAN figures drawn by default (`PUBLISHED`; docs/dcgan.md has the
 sources) are horizontal lines labelled with their own step counts and protocols: different

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import common, input_pipeline, peak, report, scaling, torch_baselines, train_step
+from common_jax.conv import onednn_active
 
 HEADER_KEYS = {"benchmark", "date", "commit", "versions", "backend", "device_kind", "num_devices",
                "cpu_model", "args", "tiny", "results"}
@@ -25,7 +26,7 @@ def records(tmp_path_factory):
     peak.main(args + ["--dtypes", "float32"])
     # torch.compile takes tens of seconds even for tiny networks: eager only here.
     train_step.main(args + ["--only", "dcgan_mnist", "--only", "cls_mnist_basic",
-                            "--no-torch-compile", "--bfloat16"])
+                            "--no-torch-compile", "--bfloat16", "--xla-conv"])
     scaling.main(args + ["--only", "cls_mnist_basic", "--devices", "1,2"])
     return out
 
@@ -61,6 +62,13 @@ def test_train_step_record(records):
         assert TIMED_KEYS <= set(entry["jax_bfloat16"])
         assert entry["jax_bfloat16"]["params"] == jax_result["params"]
         assert entry["ratios"]["jax_bfloat16_over_jax"] > 0
+        if onednn_active():  # the step beside itself with XLA's convolutions
+            assert jax_result["onednn_custom_calls"] > 0
+            assert entry["jax_xla_conv"]["onednn_custom_calls"] == 0
+            assert entry["ratios"]["jax_over_jax_xla_conv"] > 0
+        else:
+            assert jax_result["onednn_custom_calls"] == 0
+            assert entry["jax_xla_conv"].startswith("skipped: no convolution runs on oneDNN")
         if common.import_torch() is None:
             assert entry["torch"] == torch_baselines.NOT_INSTALLED
         else:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from benchmarks import common
 from common_jax.errors import UserError
-from gans_jax import fid_curve
+from gans_jax import evaluation, fid_curve
 from gans_jax.configs import dcgan_anime, dcgan_cifar10, dcgan_cifar10_paper, dcgan_mnist
 from gans_jax.models.dcgan import Discriminator, Generator, geometry
 from gans_jax.trainers import dcgan as trainer
@@ -324,14 +324,60 @@ def test_smoke_training_run(spec, arch, tmp_path):
         assert "project_bn" in g_params and "down2" in d_params
 
 
+class RecordingScorer:
+    """Stands in for evaluation.SampleScorer: 'scores' a stream by the mean of its images."""
+
+    def __init__(self):
+        self.metrics = type("M", (), {"num_samples": 8, "periodic_num_samples": 4,
+                                     "batch_size": 4})()
+
+    def score(self, sampler, num):
+        images = np.concatenate(list(sampler(num)))
+        assert len(images) == num
+        return {"inception": {"fid": float(images.mean()), "kid_mean": 0.0, "kid_std": 0.0,
+                              "protocol": {"n_fake": num}}}
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.scalars = []
+
+    def write_scalars(self, step, values):
+        self.scalars.append((step, values))
+
+
+def test_score_action_scores_the_ema_and_the_raw_generator_apart():
+    config = dcgan_cifar10.get_config("smoke")
+    config.ema_decay = 0.5
+    state = trainer.create_state(config)
+    # Make the two generators differ: the EMA weights are zero, so its samples are tanh(0).
+    state = state.replace(g_ema=jax.tree.map(jnp.zeros_like, state.g_ema))
+    scorer, summary, writer = RecordingScorer(), {}, RecordingWriter()
+    action = evaluation.ScoreAction(
+        scorer, trainer.make_sampler(config, scorer), summary,
+        raw_sampler=trainer.make_sampler(config, scorer, use_ema=False))
+    action(state, 3, writer)
+    action(state, 6, writer, final=True)
+    (step, periodic), _, (_, final), (_, final_raw) = writer.scalars
+    assert step == 3 and set(periodic) == {"inception_fid", "inception_kid"}
+    assert final["inception_fid"] == 0.0  # tanh of a zero network
+    assert final_raw["raw_inception_fid"] != 0.0
+    raw = np.concatenate(list(trainer.generate_batches(state, config, 8, batch_size=4,
+                                                       use_ema=False)))
+    assert final_raw["raw_inception_fid"] == pytest.approx(float(raw.mean()), abs=1e-6)
+    assert summary["gan_metrics"]["step"] == summary["gan_metrics_raw"]["step"] == 6
+    assert summary["gan_metrics_raw"]["inception"]["protocol"]["n_fake"] == 8
+
+
 # ----------------------------------------------------------------------------- fid_curve
 
 
 def write_run(folder, fids, *, final=None, evals=(), n_critic=1, periodic_n=2000,
-              final_n=10000, truncated=False):
+              final_n=10000, truncated=False, raw=()):
     folder.mkdir(parents=True)
     rows = [{"step": 10, "d_loss": 1.0}] + [{"step": s, "inception_fid": f, "inception_kid": 0.1}
                                             for s, f in fids]
+    rows += [{"step": s, "raw_inception_fid": f} for s, f in raw]
     if final:
         rows.append({"step": final[0], "inception_fid": final[1]})
     rows += [{"step": s, "eval_inception_fid": f} for s, f in evals]
@@ -343,6 +389,9 @@ def write_run(folder, fids, *, final=None, evals=(), n_critic=1, periodic_n=2000
     if final:
         summary["gan_metrics"] = {"step": final[0], "inception": {
             "fid": final[1], "protocol": {"n_fake": final_n}}}
+    if final and raw:
+        summary["gan_metrics_raw"] = {"step": final[0], "inception": {
+            "protocol": {"n_fake": final_n}}}
     if evals:
         summary["eval"] = {"step": evals[-1][0], "inception": {"protocol": {"n_fake": 5000}}}
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -358,6 +407,19 @@ def test_fid_curve_reads_periodic_final_and_eval_points(tmp_path):
     assert (curve.periodic_n, curve.final_n, curve.eval_n, curve.n_critic) == (2000, 10000,
                                                                                5000, 2)
     assert fid_curve.load_curve(run, "mine").label == "mine"
+
+
+def test_fid_curve_draws_the_raw_generator_beside_the_ema_one(tmp_path):
+    run = write_run(tmp_path / "a", [(1000, 150.0)], final=(2000, 80.0),
+                    raw=[(1000, 160.0), (2000, 85.5)])
+    ema, raw = fid_curve.load_curves(run, "c10")
+    assert (ema.label, raw.label) == ("c10 EMA G", "c10 raw G")
+    assert ema.periodic == [(1000, 150.0)] and ema.final == (2000, 80.0)
+    assert raw.periodic == [(1000, 160.0)] and raw.final == (2000, 85.5)
+    assert raw.final_n == 10000
+    # a run without raw scores (no weight average) gives one curve, named as given
+    [only] = fid_curve.load_curves(write_run(tmp_path / "b", [(1000, 150.0)]), "b")
+    assert only.label == "b"
 
 
 def test_fid_curve_writes_a_png_with_the_published_lines(tmp_path, capsys):

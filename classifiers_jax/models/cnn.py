@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax.activations import Activation
+from common_jax.conv import Conv
 from common_jax.dropout import BatchDropout
 from common_jax.errors import UserError
 
@@ -90,7 +91,7 @@ class BasicCNN(nn.Module):
         x = x.astype(self.dtype)
         k = (self.kernel_size, self.kernel_size)
         for i, features in enumerate((self.width, 2 * self.width)):
-            x = nn.Conv(features, k, padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
+            x = Conv(features, k, padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
             x = Activation(self.activation, name=f"act{i}")(x)
         x = x.reshape((x.shape[0], -1))
@@ -130,8 +131,8 @@ class CNN(nn.Module):
             for i in range(self.convs_per_stage):
                 name = f"stage{stage}_conv{i}"
                 # A bias before batch norm would be cancelled by its mean subtraction.
-                x = nn.Conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
-                            dtype=self.dtype, name=name)(x)
+                x = Conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                         dtype=self.dtype, name=name)(x)
                 if self.batch_norm:
                     x = _batch_norm(train, self.axis_name, self.dtype, f"{name}_bn")(x)
                 x = Activation(self.activation, name=f"{name}_act")(x)
@@ -166,8 +167,8 @@ class FastCIFARNet(nn.Module):
         x = x.astype(self.dtype)
 
         def conv(y, features, name):
-            return nn.Conv(features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                           name=name)(y)
+            return Conv(features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
+                        name=name)(y)
 
         def norm_act(y, name):
             y = _batch_norm(train, self.axis_name, self.dtype, f"{name}_bn", self.bn_momentum)(y)

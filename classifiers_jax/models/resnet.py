@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common_jax.conv import Conv
 from common_jax.errors import UserError
 
 LAYOUTS = ("keras", "torchvision")
@@ -83,8 +84,8 @@ class _Layers(nn.Module):
         # Explicit symmetric padding (not "SAME"): a strided 3x3 conv then matches PyTorch's
         # padding=1 on even sizes, where "SAME" would pad only the bottom/right.
         pad = (kernel - 1) // 2
-        return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad),) * 2,
-                       use_bias=self.layout == "keras", dtype=self.dtype, name=name)
+        return Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad),) * 2,
+                    use_bias=self.layout == "keras", dtype=self.dtype, name=name)
 
     def norm(self, name: str) -> nn.BatchNorm:
         return nn.BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum,

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common_jax.conv import Conv
 from common_jax.errors import UserError
 from gans_jax.layers import Upsample
 
@@ -107,7 +108,7 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
-        conv = functools.partial(nn.Conv, features, (3, 3), padding="VALID",
+        conv = functools.partial(Conv, features, (3, 3), padding="VALID",
                                  use_bias=conv_bias(self.norm), kernel_init=conv_init,
                                  dtype=self.dtype)
         y = conv(name="conv0")(reflect_pad(x, 1))  # [B, H, W, C]
@@ -159,13 +160,13 @@ class ResnetGenerator(nn.Module):
 
         x = x.astype(self.dtype)
         bias = conv_bias(self.norm)
-        x = nn.Conv(w, (7, 7), padding="VALID", use_bias=bias, kernel_init=conv_init,
-                    dtype=self.dtype, name="c7s1")(reflect_pad(x, 3))  # [B, S, S, w]
+        x = Conv(w, (7, 7), padding="VALID", use_bias=bias, kernel_init=conv_init,
+                 dtype=self.dtype, name="c7s1")(reflect_pad(x, 3))  # [B, S, S, w]
         x = norm_relu(x, "c7s1_norm")
         for i, features in enumerate((2 * w, 4 * w)):
-            x = nn.Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        use_bias=bias, kernel_init=conv_init, dtype=self.dtype,
-                        name=f"down{i}")(x)  # [B, S / 2^(i+1), S / 2^(i+1), features]
+            x = Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                     use_bias=bias, kernel_init=conv_init, dtype=self.dtype,
+                     name=f"down{i}")(x)  # [B, S / 2^(i+1), S / 2^(i+1), features]
             x = norm_relu(x, f"down{i}_norm")
         for i in range(self.num_blocks):
             x = ResnetBlock(self.norm, self.dtype, name=f"block{i}")(x)  # [B, S/4, S/4, 4w]
@@ -174,8 +175,8 @@ class ResnetGenerator(nn.Module):
                              use_bias=bias, dtype=self.dtype,
                              name=f"up{i}")(x)  # [B, S / 2^(1-i), S / 2^(1-i), features]
             x = norm_relu(x, f"up{i}_norm")
-        x = nn.Conv(self.channels, (7, 7), padding="VALID", kernel_init=conv_init,
-                    dtype=self.dtype, name="to_image")(reflect_pad(x, 3))  # [B, S, S, channels]
+        x = Conv(self.channels, (7, 7), padding="VALID", kernel_init=conv_init,
+                 dtype=self.dtype, name="to_image")(reflect_pad(x, 3))  # [B, S, S, channels]
         return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -191,7 +192,7 @@ class PatchDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         check_discriminator_size(x.shape[1], self.num_layers)
-        conv = functools.partial(nn.Conv, kernel_size=(4, 4), padding=((1, 1), (1, 1)),
+        conv = functools.partial(Conv, kernel_size=(4, 4), padding=((1, 1), (1, 1)),
                                  kernel_init=conv_init, dtype=self.dtype)
         x = x.astype(self.dtype)
         x = nn.leaky_relu(conv(self.width, strides=(2, 2), name="conv0")(x), self.slope)

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common_jax import conv as common_conv
 from common_jax.errors import UserError
 
 SLOPE = 0.2  # LeakyReLU's negative slope everywhere
@@ -124,8 +125,9 @@ class EqualizedConv(nn.Module):
                             (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         scale = self.gain / math.sqrt(fan_in)
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), (kernel * scale).astype(self.dtype),
-                                         (1, 1), "SAME", dimension_numbers=_DIMS)
+        y = common_conv.conv_general_dilated(x.astype(self.dtype),
+                                             (kernel * scale).astype(self.dtype), (1, 1), "SAME",
+                                             dimension_numbers=_DIMS)
         return y + bias.astype(self.dtype)
 
 
