@@ -4,6 +4,7 @@
     python train.py --config gans_jax/configs/dcgan_mnist.py:smoke --workdir /tmp/smoke \
         --config.num_steps=20
     python train.py sample --workdir runs/fashion --num 64 --out grid.png [--noema]
+    python train.py sample --workdir runs/sweep --member 3      # a population run's member
     python train.py sample --workdir runs/progan_anime --growth [--num 8]
     python train.py classify --workdir runs/cls_mnist digit.png photo.jpg [--top 5]
     python train.py classify --config classifiers_jax/configs/resnet50_imagenet.py photo.jpg
@@ -31,6 +32,8 @@ and `protocol` (a JSON string: run, step, split, resolution, feature dim) from t
 `extract_features(config, workdir, split)` of the run's trainer module. The config is the
 latest checkpoint's (else --config, for a network that needs no training). Computed once per
 checkpoint into <workdir>/features/<split>-<step>.npz and reused.
+`--member i` picks member i of a population run (docs/populations.md) for sample, eval and
+classify; eval without it scores every member and names the best.
 Training resumes from the latest checkpoint in --workdir. Errors caused by the input are
 printed as one line that names the fix (exit status 2); a diverged run exits with status 3.
 Mistakes in the flags and the config (a missing config file, an unknown variant or key, an
@@ -84,6 +87,9 @@ flags.DEFINE_bool("inception", None, "eval: also score with the FID Inception ne
 flags.DEFINE_string("split", "train", "floor: the real split scored against the reference one; "
                     "features: the split whose features are written.")
 flags.DEFINE_string("direction", "a2b", "translate: a2b (domain A to B) or b2a.")
+flags.DEFINE_integer("member", None, "sample, eval, classify: member i (0..K-1) of a "
+                     "population run; eval without it scores every member.")
+MEMBER_COMMANDS = ("sample", "eval", "classify")
 FLAGS = flags.FLAGS
 
 
@@ -144,15 +150,43 @@ def run_train(trainer) -> None:
     summary = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     log.info("done: step %s, %s images/s; outputs in %s", summary["final_step"],
              summary["images_per_s"], FLAGS.workdir)
+    best = summary.get("population", {}).get("best")
+    if best is not None:
+        log.info("best member: %d (%s %.6g); pick it with --member %d", best["member"],
+                 best["by"], best["value"], best["member"])
+
+
+def restore_run(workdir: str):
+    """(config, state, trainer) of the latest checkpoint in workdir. With --member, that member
+    of a population run, as a single run's config and state; a population stays whole without
+    it (the caller decides whether it can use one)."""
+    from common_jax import population
+    from common_jax.checkpoint import restore_for_inference
+
+    config, state, trainer = restore_for_inference(workdir, trainer_module)
+    if not isinstance(state, population.PopulationState):
+        if FLAGS.member is not None:
+            raise_usage(f"{workdir} holds a single run, not a population; leave out --member")
+        return config, state, trainer
+    if FLAGS.member is None:
+        return config, state, trainer
+    population.check_member(FLAGS.member, population.count(state))
+    return (population.member_config(config, FLAGS.member),
+            population.member(state, FLAGS.member), trainer)
+
+
+def one_network(state, command: str) -> None:
+    """Refuses a whole population where one network is needed, naming --member."""
+    from common_jax import population
+
+    if isinstance(state, population.PopulationState):
+        k = population.count(state)
+        raise_usage(f"{FLAGS.workdir} holds a population of {k} members; choose one with "
+                    f"--member (0 to {k - 1}) for {command}")
 
 
 def run_sample() -> None:
-    from common_jax.checkpoint import restore_for_inference
-
-    def load_trainer(config):
-        return trainer_module(config)
-
-    config, state, trainer = restore_for_inference(FLAGS.workdir, load_trainer)
+    config, state, trainer = restore_run(FLAGS.workdir)
     if hasattr(trainer, "translate_files"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which translates images "
                     "instead of sampling them; use: python train.py translate --workdir "
@@ -162,14 +196,17 @@ def run_sample() -> None:
                     "images; give the --workdir of a GAN run")
     if FLAGS.growth:
         return run_growth(config, state, trainer)
+    one_network(state, "sample")
     images = trainer.generate(state, trainer.sample_z(config, FLAGS.num, FLAGS.seed), config,
                               use_ema=FLAGS.ema)
     from common_jax.writers import save_image_grid
 
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "sample.png")
+    name = "sample.png" if FLAGS.member is None else f"sample_member{FLAGS.member}.png"
+    out = FLAGS.out or os.path.join(FLAGS.workdir, name)
     scale = max(1, 128 // images.shape[1])
     save_image_grid(images, out, scale=scale)
-    print(f"wrote {len(images)} samples from step {int(state.step)} "
+    member = "" if FLAGS.member is None else f" of member {FLAGS.member}"
+    print(f"wrote {len(images)} samples{member} from step {int(state.step)} "
           f"({'EMA' if FLAGS.ema else 'raw'} weights) to {out}")
 
 
@@ -187,8 +224,6 @@ def run_growth(config, state, trainer) -> None:
 
 def run_classify(paths: list[str]) -> None:
     """Prints the most likely classes of each image file under the latest checkpoint."""
-    from common_jax.checkpoint import restore_for_inference
-
     if not paths:
         raise_usage("classify needs image files: python train.py classify --workdir DIR "
                     "a.png b.jpg [--top 5]")
@@ -202,11 +237,13 @@ def run_classify(paths: list[str]) -> None:
         state, config, meta = trainer.pretrained_state(FLAGS.config)
         print(f"weights {meta['path']} (sha256 {meta['sha256'][:12]}, {meta['layout']})")
     else:
-        config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+        config, state, trainer = restore_run(FLAGS.workdir)
         if not hasattr(trainer, "classify_files"):
             raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not "
                         "classify; give the --workdir of a classifier run")
-        print(f"checkpoint step {int(state.step)} in {FLAGS.workdir}")
+        one_network(state, "classify")
+        member = "" if FLAGS.member is None else f", member {FLAGS.member}"
+        print(f"checkpoint step {int(state.step)} in {FLAGS.workdir}{member}")
     for path, ranked in zip(paths, trainer.classify_files(state, config, paths), strict=True):
         print(path)
         for name, probability in ranked[:FLAGS.top]:
@@ -321,20 +358,20 @@ def run_features() -> None:
 def run_eval() -> None:
     """Scores the latest checkpoint's EMA generator as its config's `metrics` section says
     (the flags override it) and prints the scores with their protocol."""
-    from common_jax.checkpoint import restore_for_inference
-
     num = scored_num("eval")
-    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    config, state, trainer = restore_run(FLAGS.workdir)
     if not hasattr(trainer, "evaluate_checkpoint"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not generate "
                     "images; give the --workdir of a GAN run")
+    member = {} if FLAGS.member is None else {"member": FLAGS.member}
     result = trainer.evaluate_checkpoint(config, state, FLAGS.workdir, num=num,
                                          judge_workdir=FLAGS.judge_workdir,
-                                         inception=FLAGS.inception)
-    from gans_jax.evaluation import describe
+                                         inception=FLAGS.inception, **member)
+    from gans_jax.evaluation import describe, describe_population
 
-    print(f"checkpoint step {result['step']} in {FLAGS.workdir} (EMA generator)")
-    for line in describe(result):
+    which = "EMA generator" if FLAGS.member is None else f"member {FLAGS.member}'s EMA generator"
+    print(f"checkpoint step {result['step']} in {FLAGS.workdir} ({which})")
+    for line in describe_population(result) if "members" in result else describe(result):
         print(line)
     print(f"wrote summary.json \"eval\" and eval_* scalars (TensorBoard, metrics.jsonl) in "
           f"{FLAGS.workdir}")
@@ -405,6 +442,11 @@ def check_command(command: str, arguments: list[str], argv: list[str]) -> None:
         raise_usage("--workdir is required (where checkpoints and outputs go)")
     if command == "floor" and FLAGS.config is None:
         raise_usage("floor needs --config path.py[:variant] (its data and metrics sections)")
+    if FLAGS.member is not None and command not in MEMBER_COMMANDS:
+        raise_usage(f"--member picks a population run's member for {', '.join(MEMBER_COMMANDS)}"
+                    f", not for {command}; leave it out")
+    if FLAGS.member is not None and FLAGS.member < 0:
+        raise_usage(f"--member must be 0 or more, got {FLAGS.member}")
 
 
 def main(argv) -> None:

@@ -12,7 +12,9 @@ protocol. `ScoreAction` is a trainer's periodic action (scalars every ``metrics.
 ``metrics.periodic_num_samples`` samples; at the end on ``metrics.num_samples``, also into
 summary.json "gan_metrics"); `evaluate_checkpoint` is `train.py eval` (summary.json "eval");
 `score_real_split` is `train.py floor`: real images of one split scored as if generated, the
-floor a perfect generator would reach.
+floor a perfect generator would reach. A population (`common_jax.population`) is scored member
+by member against the same reference, and its best member is the one of lowest FID (judge FID,
+else Inception FID).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from common_jax import data as data_lib
+from common_jax import population
 from common_jax.errors import UserError
 from common_jax.metrics import gan_metrics as gm
 from common_jax.metrics import inception as inception_lib
@@ -218,38 +221,72 @@ class ScoreAction:
     `sampler(state, num)` streams the samples. Every ``metrics.every`` steps it scores
     ``metrics.periodic_num_samples`` of them; at the end ``metrics.num_samples``, and puts the
     result into the task's summary under "gan_metrics" ("gan_metrics_raw" for the raw
-    generator, whose scalars are prefixed "raw_").
+    generator, whose scalars are prefixed "raw_"). A population's members are scored one after
+    the other (scalars ``member3/judge_fid``, ...); at the end the best member by FID goes into
+    the summary's "population" (with `spec`, the checked population section).
     """
 
     def __init__(self, scorer: SampleScorer, sampler: Callable[[Any, int], Iterable],
-                 summary: dict, raw_sampler: Callable[[Any, int], Iterable] | None = None):
+                 summary: dict, spec: population.Spec | None = None,
+                 raw_sampler: Callable[[Any, int], Iterable] | None = None):
         self.scorer, self.sampler, self.summary = scorer, sampler, summary
-        self.raw_sampler = raw_sampler
+        self.spec, self.raw_sampler = spec, raw_sampler
 
     def __call__(self, state, step: int, writer: RunWriter, *, final: bool = False) -> None:
         m = self.scorer.metrics
         num = m.num_samples if final else m.periodic_num_samples
-        generators = [("", "gan_metrics", self.sampler)]
+        self._score(state, step, writer, num, final, self.sampler, "", "gan_metrics")
         if self.raw_sampler is not None:
-            generators.append(("raw_", "gan_metrics_raw", self.raw_sampler))
-        for prefix, key, sampler in generators:
-            result = self.scorer.score(lambda n, sampler=sampler: sampler(state, n), num)
-            writer.write_scalars(step, scalars(result, prefix))
+            self._score(state, step, writer, num, final, self.raw_sampler, "raw_",
+                        "gan_metrics_raw")
+
+    def _score(self, state, step: int, writer: RunWriter, num: int, final: bool,
+               sampler: Callable[[Any, int], Iterable], prefix: str, key: str) -> None:
+        results = []
+        for index, member in population.each(state):
+            result = self.scorer.score(lambda n, s=member: sampler(s, n), num)
+            writer.write_scalars(step, scalars(result, prefix=population.name(index, prefix)))
             for line in describe(result):
-                log.info("step %d %s%s", step, "raw G " if prefix else "", line)
-            if final:
-                self.summary[key] = {"step": step, **result}
+                log.info("step %d %s%s%s", step, population.name(index, ""),
+                         "raw G " if prefix else "", line)
+            results.append(result)
+        if not final:
+            return
+        if not isinstance(state, population.PopulationState):
+            self.summary[key] = {"step": step, **results[0]}
+            return
+        best = rank(self.spec, results)
+        self.summary[key] = {"step": step, "members": results, "best": best}
+        if not prefix:  # members are ranked by the generator their samples come from
+            self.summary.setdefault("population", {})["best"] = best
+            population.log_best(best, "FID")
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
-                        sampler: Sampler, *, num: int | None = None,
-                        judge_workdir: str | None = None,
-                        inception: bool | None = None) -> dict[str, Any]:
-    """`train.py eval`: scores a restored generator, arguments overriding the run's config.
+def rank(spec: population.Spec, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best member by judge FID (Inception FID without a judge), lower being better."""
+    for network in ("judge", "inception"):
+        if results and all(network in r for r in results):
+            return population.best_entry(spec, [r[network]["fid"] for r in results],
+                                         by=f"{network}_fid", lower_is_better=True)
+    return None
 
-    Writes eval_* scalars at the checkpoint's step (TensorBoard, metrics.jsonl) and the result
-    into <workdir>/summary.json under "eval", keeping the rest of the file.
-    """
+
+def describe_population(result: dict[str, Any]) -> list[str]:
+    """`describe` of every member's scores, then the best member."""
+    lines = []
+    for index, member in enumerate(result["members"]):
+        lines += [f"member {index}: {line}" for line in describe(member)]
+    best = result.get("best")
+    if best is not None:
+        settings = ", ".join(f"{k} {v:g}" for k, v in best["settings"].items())
+        lines.append(f"best member: {best['member']} ({best['by']} {best['value']:.4f}; "
+                     f"{settings})")
+    return lines
+
+
+def eval_scorer(config: ml_collections.ConfigDict, *, num: int | None,
+                judge_workdir: str | None, inception: bool | None) -> SampleScorer:
+    """The scorer of `train.py eval`: the run's metrics section, overridden by the flags."""
     metrics = settings(config)
     if num is not None:
         metrics.num_samples = num
@@ -262,16 +299,54 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: s
                         "off; pass --judge_workdir DIR (a classifier run) and/or --inception")
     scorer = SampleScorer(config, metrics)
     scorer.load_reference_source()
-    result = {"step": step, **scorer.score(sampler, metrics.num_samples)}
+    return scorer
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
+                        sampler: Sampler, *, num: int | None = None,
+                        judge_workdir: str | None = None, inception: bool | None = None,
+                        member: int | None = None) -> dict[str, Any]:
+    """`train.py eval`: scores a restored generator, arguments overriding the run's config.
+
+    Writes eval_* scalars at the checkpoint's step (TensorBoard, metrics.jsonl) and the result
+    into <workdir>/summary.json under "eval", keeping the rest of the file. `member` (a
+    population's member, `train.py eval --member i`) names the scalars member3/eval_* and is
+    recorded in the result.
+    """
+    scorer = eval_scorer(config, num=num, judge_workdir=judge_workdir, inception=inception)
+    result = {"step": step, **({"member": member} if member is not None else {}),
+              **scorer.score(sampler, scorer.metrics.num_samples)}
+    _write_eval(workdir, step, scalars(result, prefix=population.name(member, "eval_")),
+                result)
+    return result
+
+
+def evaluate_population(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
+                        samplers: list[Sampler], spec: population.Spec, *,
+                        num: int | None = None, judge_workdir: str | None = None,
+                        inception: bool | None = None) -> dict[str, Any]:
+    """`train.py eval` of a population: every member scored against the same reference, the
+    best by FID chosen; summary.json "eval" holds "members" and "best"."""
+    scorer = eval_scorer(config, num=num, judge_workdir=judge_workdir, inception=inception)
+    results = [scorer.score(sampler, scorer.metrics.num_samples) for sampler in samplers]
+    result = {"step": step, "members": results, "best": rank(spec, results)}
+    values = {}
+    for index, member in enumerate(results):
+        values.update(scalars(member, prefix=population.key(index, "eval_")))
+    _write_eval(workdir, step, values, result)
+    return result
+
+
+def _write_eval(workdir: str | Path, step: int, values: dict[str, float],
+                result: dict[str, Any]) -> None:
     primary = jax.process_index() == 0  # one writer in a multi-process job
     writer = RunWriter(workdir, primary=primary)
     try:
-        writer.write_scalars(step, scalars(result, prefix="eval_"))
+        writer.write_scalars(step, values)
     finally:
         writer.close()
     if primary:
         merge_summary(Path(workdir) / "summary.json", "eval", result)
-    return result
 
 
 def score_real_split(config: ml_collections.ConfigDict, split: str, *, num: int | None = None,

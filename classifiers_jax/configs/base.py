@@ -13,6 +13,7 @@ from pathlib import Path
 import ml_collections
 
 from common_jax.errors import UserError
+from common_jax.population import population_config
 
 VARIANTS = ("basic", "smoke")
 # ../shared/data next to the project: real data for development (absent elsewhere)
@@ -81,6 +82,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.progress_bar = True
     c.allow_config_change = False  # resume a workdir whose checkpoint has another config
+    # K classifiers side by side in one compiled step, each with its own seed and values of
+    # classifiers_jax.trainers.classifier.POPULATION_KEYS (docs/populations.md); 0: off.
+    c.population = population_config()
     return c
 
 

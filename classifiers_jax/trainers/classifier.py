@@ -11,6 +11,11 @@ have mask 0, and the per-device sums (loss, top-1, top-5, confusion matrix) are 
 It writes eval_loss/eval_top1/eval_top5 every ``eval_every`` steps and at the end; the final one
 also puts per-class accuracy and the confusion matrix into summary.json and draws
 confusion_matrix.png.
+
+A config's `population` section trains K classifiers side by side (`common_jax.population`):
+the step is vmapped over the members, the keys in POPULATION_KEYS may differ per member, and
+evaluation reports every member, their ensemble (the mean of their softmax) and the best member
+by test top-1.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import optax
 
 from classifiers_jax.models import resnet
 from classifiers_jax.models.cnn import CNN, HEADS, BasicCNN, FastCIFARNet
-from common_jax import activations, loop, optim, parallel
+from common_jax import activations, loop, optim, parallel, population
 from common_jax import data as data_lib
 from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
 from common_jax.errors import UserError
@@ -61,6 +66,9 @@ CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
 # precision it computes in (the state stays float32), not what it has learnt.
 RESUMABLE = frozenset({"eval_every", "eval_batch_size", "tta_flip", "tta_translate",
                        "model.dtype"})
+# Settings a population (`common_jax.population`) may give each member its own value of: the
+# step reads them as traced scalars, so one compiled step serves every member.
+POPULATION_KEYS = ("optimizer.lr", "optimizer.b1", "optimizer.b2", "loss.label_smoothing")
 
 
 @flax.struct.dataclass
@@ -102,17 +110,31 @@ def make_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Learning rate per step: constant, cosine (with warmup), a linear one-cycle, or any other
     schedule of `common_jax.optim.SCHEDULES`."""
-    return optim.make_schedule(config.optimizer, config.num_steps)
+    lr = config.optimizer.lr
+    if not isinstance(lr, jax.Array):
+        return optim.make_schedule(config.optimizer, config.num_steps)
+    # A population member's traced learning rate: optax checks a schedule's peak in Python,
+    # which a traced value cannot answer. Every schedule here is linear in its peak, so the
+    # schedule of peak 1 scaled by the member's rate is the same schedule.
+    unit = ml_collections.ConfigDict({**config.optimizer.to_dict(), "lr": 1.0})
+    schedule = optim.make_schedule(unit, config.num_steps)
+    return lambda step: lr * schedule(step)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD (momentum, Nesterov; L2 weight decay) or Adam (L2) or AdamW (decoupled decay), with
     the optional frozen parameters and learning-rate multipliers of `common_jax.optim`."""
+    if isinstance(config.optimizer.lr, jax.Array):  # the same optimizer state either way
+        return optim.make_optimizer(config.optimizer, config.num_steps,
+                                    learning_rate=make_schedule(config))
     return optim.make_optimizer(config.optimizer, config.num_steps)
 
 
 def create_state(config: ml_collections.ConfigDict) -> ClassifierState:
-    """A fresh state, deterministic from ``config.seed`` (and the pretrained weights, if any)."""
+    """A fresh state, deterministic from ``config.seed`` (and the pretrained weights, if any);
+    a population: every member's, from its own seed, stacked (`common_jax.population`)."""
+    if population.enabled(config):
+        return population.create_state(config, create_state)
     key_init, key_train = jax.random.split(jax.random.PRNGKey(config.seed))
     m = config.model
     images = jnp.zeros((1, m.image_size, m.image_size, m.channels))
@@ -164,7 +186,7 @@ def batch_norm_trains(config: ml_collections.ConfigDict) -> bool:
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
     """Per-example cross-entropy against one-hot labels smoothed by `smoothing`."""
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    if smoothing:
+    if population.active(smoothing):
         targets = optax.smooth_labels(targets, smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 
@@ -229,19 +251,35 @@ def logits_of(state: ClassifierState, images: jax.Array, config) -> jax.Array:
 def eval_step(state: ClassifierState, batch: dict, *, config) -> dict[str, jax.Array]:
     """Masked sums over this device's rows, added over all devices (psum)."""
     logits = logits_of(state, batch["image"], config)
-    labels, mask = batch["label"], batch["mask"]
+    return jax.lax.psum(eval_sums(logits, batch["label"], batch["mask"]), parallel.AXIS)
+
+
+def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """This device's masked sums: loss, top-1, top-5, count and the confusion matrix."""
     num_classes = logits.shape[-1]
     top = jax.lax.top_k(logits, min(TOP_K, num_classes))[1]
     predicted = top[:, 0]
     confusion = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, num_classes) * mask[:, None],
                            jax.nn.one_hot(predicted, num_classes))
-    sums = {
+    return {
         "loss": jnp.sum(cross_entropy(logits, labels) * mask),
         "top1": jnp.sum((predicted == labels) * mask),
         "top5": jnp.sum(jnp.any(top == labels[:, None], axis=-1) * mask),
         "count": jnp.sum(mask),
         "confusion": confusion,  # rows: true class, columns: predicted class
     }
+
+
+def population_eval_step(state: population.PopulationState, batch: dict, *,
+                         config) -> dict[str, Any]:
+    """`eval_step` of every member, and of the ensemble: the mean of the members' softmax."""
+    logits = jax.vmap(lambda member: logits_of(member, batch["image"], config))(state.members)
+    labels, mask = batch["label"], batch["mask"]
+    members = jax.vmap(lambda member_logits: eval_sums(member_logits, labels, mask))(logits)
+    # log(mean_k softmax_k), through logsumexp: finite where a member's probability underflows.
+    log_mean = (jax.scipy.special.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=0)
+                - jnp.log(logits.shape[0]))
+    sums = {"members": members, "ensemble": eval_sums(log_mean, labels, mask)}
     return jax.lax.psum(sums, parallel.AXIS)
 
 
@@ -302,15 +340,20 @@ def summarize(sums: dict[str, np.ndarray], names: list[str]) -> dict[str, Any]:
 
 
 class Evaluator:
-    """Evaluates a state on the whole evaluation split, data-parallel over the devices."""
+    """Evaluates a state on the whole evaluation split, data-parallel over the devices; a
+    population's members and their ensemble (mean softmax) in the same pass."""
 
     def __init__(self, config: ml_collections.ConfigDict, source: data_lib.ImageSource,
                  dp: DataParallel | None = None):
         self.config = config
-        frozen = ml_collections.FrozenConfigDict(config)
+        self.members = population.size(config)
+        # Inference reads no per-member key: one compiled step for every member.
+        frozen = ml_collections.FrozenConfigDict(
+            population.base_config(config) if self.members else config)
+        step = population_eval_step if self.members else eval_step
         m = config.model
         self.split = SplitEvaluator(
-            source, functools.partial(eval_step, config=frozen),
+            source, functools.partial(step, config=frozen),
             dp=dp or DataParallel(config.parallel), batch_size=config.eval_batch_size,
             image_size=m.image_size, channels=m.channels)
 
@@ -318,8 +361,14 @@ class Evaluator:
         """The padded, masked batches (see `common_jax.evaluate.SplitEvaluator`)."""
         return self.split.batches()
 
-    def __call__(self, state: ClassifierState) -> dict[str, Any]:
-        return summarize(self.split.sums(state), class_names(self.config))
+    def __call__(self, state) -> dict[str, Any]:
+        """`summarize`'s figures; a population's as {"members": [...], "ensemble": ...}."""
+        sums, names = self.split.sums(state), class_names(self.config)
+        if not self.members:
+            return summarize(sums, names)
+        members = [summarize(jax.tree.map(lambda x, i=i: x[i], sums["members"]), names)
+                   for i in range(self.members)]
+        return {"members": members, "ensemble": summarize(sums["ensemble"], names)}
 
 
 def save_confusion_matrix(path: str | Path, confusion: np.ndarray, names: list[str],
@@ -359,9 +408,11 @@ def save_confusion_matrix(path: str | Path, confusion: np.ndarray, names: list[s
 class Evaluation:
     """The task's data checks (`prepare`) and its periodic evaluation action."""
 
-    def __init__(self, config: ml_collections.ConfigDict, summary: dict):
+    def __init__(self, config: ml_collections.ConfigDict, summary: dict,
+                 spec: population.Spec | None = None):
         self.config = config
         self.summary = summary  # the Task's: the loop merges it into summary.json
+        self.spec = spec  # a population's checked section (None or 0 members: one network)
         self.evaluator: Evaluator | None = None
 
     def prepare(self, source: data_lib.ImageSource) -> None:
@@ -382,14 +433,13 @@ class Evaluation:
         self.evaluator = Evaluator(config, eval_source)
         log.info("evaluation: %s, %d examples", eval_source.name, eval_source.num_examples)
 
-    def __call__(self, state: ClassifierState, step: int, writer, *, final: bool = False):
+    def __call__(self, state, step: int, writer, *, final: bool = False):
         if self.evaluator is None:
             return
         result = self.evaluator(state)
-        writer.write_scalars(step, {"eval_loss": result["loss"], "eval_top1": result["top1"],
-                                    "eval_top5": result["top5"]})
-        log.info("step %d: eval top-1 %.4f, top-5 %.4f, loss %.4f (%d examples)", step,
-                 result["top1"], result["top5"], result["loss"], result["num_examples"])
+        if "members" in result:
+            return self._population(result, step, writer, final=final)
+        self._write(result, step, writer, "")
         if final:
             self.summary["eval"] = {"step": step, **result}
             if writer.primary:
@@ -398,6 +448,39 @@ class Evaluation:
                                       np.array(result["confusion_matrix"]),
                                       result["class_names"], title)
                 writer.plot(("accuracy", "eval_top1"), "accuracy.png")
+
+    @staticmethod
+    def _write(result: dict, step: int, writer, prefix: str) -> None:
+        writer.write_scalars(step, {f"{prefix}eval_loss": result["loss"],
+                                    f"{prefix}eval_top1": result["top1"],
+                                    f"{prefix}eval_top5": result["top5"]})
+        log.info("step %d: %seval top-1 %.4f, top-5 %.4f, loss %.4f (%d examples)", step,
+                 prefix, result["top1"], result["top5"], result["loss"],
+                 result["num_examples"])
+
+    def _population(self, result: dict, step: int, writer, *, final: bool) -> None:
+        """Every member's figures (member3/eval_top1, ...) and the ensemble's
+        (ensemble/eval_top1, ...); at the end the best member by test top-1."""
+        for index, member in enumerate(result["members"]):
+            self._write(member, step, writer, population.key(index, ""))
+        self._write(result["ensemble"], step, writer, "ensemble/")
+        if not final:
+            return
+        best = population.best_entry(self.spec, [m["top1"] for m in result["members"]],
+                                     by="eval_top1", lower_is_better=False)
+        self.summary["eval"] = {"step": step, **result, "best": best}
+        self.summary.setdefault("population", {})["best"] = best
+        population.log_best(best, "test accuracy")
+        log.info("ensemble of %d members (mean softmax): eval top-1 %.4f",
+                 len(result["members"]), result["ensemble"]["top1"])
+        if writer.primary and best is not None:
+            chosen = result["members"][best["member"]]
+            title = f"member {best['member']}, step {step}: top-1 {chosen['top1']:.4f}"
+            save_confusion_matrix(writer.workdir / "confusion_matrix.png",
+                                  np.array(chosen["confusion_matrix"]),
+                                  chosen["class_names"], title)
+            writer.plot((*population.names(self.config, ("eval_top1",)), "ensemble/eval_top1"),
+                        "accuracy.png")
 
 
 # ----------------------------------------------------------------------------- inference
@@ -421,7 +504,16 @@ def inference_network(state: ClassifierState, config) -> tuple[Any, dict]:
     """(Flax module, variables) for inference, e.g. as the judge of GAN samples
     (`common_jax.metrics.judge`): ``module.apply(variables, images, train=False)`` gives the
     logits and sows the penultimate features into "intermediates". No flip averaging."""
+    refuse_population(state, "a judge (or any single network) needs one classifier")
     return make_model(config), state.net.variables()
+
+
+def refuse_population(state, why: str) -> None:
+    """A one-line error for a population's state where one network is needed."""
+    if isinstance(state, population.PopulationState):
+        raise UserError(f"this run is a population of {population.count(state)} classifiers and "
+                        f"{why}; train a single run for it, or pick a member with "
+                        "`train.py classify --member i`")
 
 
 def classify_files(state: ClassifierState, config, paths) -> list[list[tuple[str, float]]]:
@@ -480,6 +572,7 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, split: str
     if not any((Path(workdir) / "checkpoints").glob("[0-9]*")):
         return transfer.extract(config, split)
     config, state, _ = restore_for_inference(workdir, lambda _: sys.modules[__name__])
+    refuse_population(state, "features are one network's")
     features, labels, timing = transfer.split_features(make_model(config),
                                                        state.net.variables(), config, split)
     protocol = {"network": "resnet50 (trained in this run)", "features": "pooled, 2048-d",
@@ -491,26 +584,34 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, split: str
 
 
 def make_task(config: ml_collections.ConfigDict) -> loop.Task:
-    """What the shared loop needs to train a classifier."""
+    """What the shared loop needs to train a classifier (or a population of them)."""
+    spec = population.check(config, POPULATION_KEYS)  # before anything touches JAX
     summary: dict = {}
-    evaluation = Evaluation(config, summary)
+    if spec.members:
+        summary["population"] = population.describe(spec)
+    evaluation = Evaluation(config, summary, spec)
 
     def prepare(sources):
         source = sources["train"]
         evaluation.prepare(source)
         log.info("%d steps = %.1f epochs of %d examples", config.num_steps,
                  config.num_steps * config.batch_size / source.num_examples, source.num_examples)
+        memory = population.check_memory(
+            config, create_state, train_step, batch_size=config.batch_size,
+            image_size=config.model.image_size, channels=config.model.channels,
+            num_devices=jax.device_count())
+        if memory is not None:
+            summary["population"]["memory"] = memory
 
-    step = functools.partial(train_step, config=ml_collections.FrozenConfigDict(config))
     return loop.Task(
         create_state=functools.partial(create_state, config),
-        stages=loop.single_stage(config, step),
+        stages=loop.single_stage(config, population.wrap_step(train_step, config)),
         periodic={"eval": (config.eval_every, evaluation)},
         prepare=prepare,
-        progress_metrics=("loss", "accuracy"),
-        plot_metrics=("loss", "eval_loss"),
+        progress_metrics=population.names(config, ("loss", "accuracy"), first_only=True),
+        plot_metrics=population.names(config, ("loss", "eval_loss")),
         summary=summary,
-        resumable=RESUMABLE,
+        resumable=population.resumable(RESUMABLE, config),
         choices=CONFIG_CHOICES,
     )
 

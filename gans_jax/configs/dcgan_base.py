@@ -3,6 +3,7 @@
 import ml_collections
 
 from common_jax.errors import UserError
+from common_jax.population import population_config
 
 VARIANTS = ("smoke",)
 
@@ -64,6 +65,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.allow_config_change = False  # resume a workdir whose checkpoint has another config
     c.metrics = metrics_config()
+    # K DCGANs side by side in one compiled step, each with its own seed and values of
+    # gans_jax.trainers.dcgan.POPULATION_KEYS (docs/populations.md); members = 0: off.
+    c.population = population_config()
     return c
 
 

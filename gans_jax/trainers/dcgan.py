@@ -12,11 +12,16 @@ One step, per device with the named axis `common_jax.parallel.AXIS`:
      n_critic-th step).
 Gradients and batch-norm statistics are averaged over devices, so N devices compute what one
 device computes on the whole batch.
+
+A config's `population` section trains K DCGANs side by side (`common_jax.population`): the
+step is vmapped over the members, the keys in POPULATION_KEYS may differ per member, and
+samples, scores and the best member are per member.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,13 +32,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from common_jax import activations, loop, parallel
+from common_jax import activations, loop, parallel, population
 from common_jax import data as data_lib
 from common_jax.config_utils import COMPUTE_DTYPES, compute_dtype
 from common_jax.errors import UserError
 from common_jax.state import NetState, apply_gradients, create_net_state
 from gans_jax import checkerboard, evaluation, layers, losses
 from gans_jax.models.dcgan import ARCHITECTURES, Discriminator, Generator
+
+log = logging.getLogger(__name__)
 
 # Every enumerated option -> its valid values, taken from the constants the code checks against
 # so that they cannot drift apart; train.py and the training loop refuse other values at
@@ -58,6 +65,11 @@ CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
 # scored (the whole `metrics` section) and the precision G and D compute in (the state stays
 # float32, and runs saved before the setting existed computed in float32).
 RESUMABLE = frozenset({"sample_every", "metrics", "model.dtype"})
+
+# Settings a population (`common_jax.population`) may give each member its own value of: the
+# step reads them as traced scalars, so one compiled step serves every member.
+POPULATION_KEYS = ("optimizer.g_lr", "optimizer.d_lr", "optimizer.b1", "optimizer.b2",
+                   "loss.gradient_penalty", "loss.r1", "loss.drift", "ema_decay")
 
 
 @flax.struct.dataclass
@@ -98,7 +110,10 @@ def make_optimizers(config: ml_collections.ConfigDict):
 
 
 def create_state(config: ml_collections.ConfigDict) -> GANState:
-    """A fresh state, deterministic from ``config.seed``."""
+    """A fresh state, deterministic from ``config.seed`` (a population: every member's, from
+    its own seed, stacked; `common_jax.population`)."""
+    if population.enabled(config):
+        return population.create_state(config, create_state)
     g_model, d_model = make_models(config)
     g_tx, d_tx = make_optimizers(config)
     key_g, key_d, key_train = jax.random.split(jax.random.PRNGKey(config.seed), 3)
@@ -175,16 +190,16 @@ def train_step(state: GANState, batch: dict, *, config: ml_collections.ConfigDic
         def critic(images):  # statistics of penalty batches are not kept
             return discriminate(d_params, stats, images)[0]
 
-        if loss_cfg.gradient_penalty:
+        if population.active(loss_cfg.gradient_penalty):
             # Interpolation weights drawn for the global batch and sliced, as z is: any
             # device count computes the same penalty.
             weights = jax.random.uniform(key_penalty, (config.batch_size,), jnp.float32)
             loss += loss_cfg.gradient_penalty * losses.gradient_penalty(
                 critic, real=real, fake=jax.lax.stop_gradient(fake),
                 weights=parallel.local_batch_slice(weights, local_batch))
-        if loss_cfg.r1:
+        if population.active(loss_cfg.r1):
             loss += 0.5 * loss_cfg.r1 * losses.r1_penalty(critic, real=real)
-        if loss_cfg.drift:
+        if population.active(loss_cfg.drift):
             loss += loss_cfg.drift * losses.drift_penalty(real_logits=real_logits)
         return loss, (stats, real_logits, fake_logits)
 
@@ -296,23 +311,31 @@ def reference_images(source, config, num: int = 256) -> np.ndarray:
 
 
 def make_task(config: ml_collections.ConfigDict) -> loop.Task:
-    """What the shared loop needs to train a DCGAN."""
+    """What the shared loop needs to train a DCGAN (or a population of them)."""
+    spec = population.check(config, POPULATION_KEYS)  # before anything touches JAX
     fixed_z = sample_z(config, config.num_samples)
+    # What generation compiles for: one config for every member (it reads no per-member key).
+    shared = population.base_config(config) if spec.members else config
     reference = {}
 
     def prepare(source):
         reference["fraction"] = float(checkerboard.aliasing_energy_fraction(
             reference_images(source, config)).mean())
 
-    def write_samples(state: GANState, step: int, writer, *, final: bool = False):
-        images = generate(state, fixed_z, config)
-        writer.write_image_grid(step, "samples", images, final=final)
-        fake_fraction = float(checkerboard.aliasing_energy_fraction(images).mean())
-        writer.write_scalars(step, {
-            "checkerboard": fake_fraction / max(reference["fraction"], 1e-12)})
+    def write_samples(state, step: int, writer, *, final: bool = False):
+        # A population writes one grid per member: samples/member3/samples_<step>.png.
+        for index, member in population.each(state):
+            images = generate(member, fixed_z, shared)
+            writer.write_image_grid(step, population.name(index, "samples"), images,
+                                    final=final)
+            fake_fraction = float(checkerboard.aliasing_energy_fraction(images).mean())
+            writer.write_scalars(step, {population.name(index, "checkerboard"):
+                                        fake_fraction / max(reference["fraction"], 1e-12)})
 
     periodic = {"samples": (config.sample_every, write_samples)}
     summary: dict = {}
+    if spec.members:
+        summary["population"] = population.describe(spec)
     # Only when configured: a run without scores pays nothing for them.
     scorer = evaluation.scorer_for(config)
     if scorer is not None:
@@ -321,23 +344,32 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
         raw = make_sampler(config, scorer, use_ema=False) if config.ema_decay > 0 else None
         periodic["metrics"] = (scorer.metrics.every,
                                evaluation.ScoreAction(scorer, make_sampler(config, scorer),
-                                                      summary, raw_sampler=raw))
+                                                      summary, spec=spec, raw_sampler=raw))
+    elif spec.members:
+        log.info("no scores are configured, so no best member will be chosen; name a judge "
+                 "with --config.metrics.judge_workdir (or set metrics.inception)")
 
     def prepare_all(sources):
         prepare(sources["train"])
         if scorer is not None:
             scorer.load_reference_source()
+        memory = population.check_memory(
+            config, create_state, train_step, batch_size=config.batch_size,
+            image_size=config.model.image_size, channels=config.model.channels,
+            num_devices=jax.device_count())
+        if memory is not None:
+            summary["population"]["memory"] = memory
 
-    step = functools.partial(train_step, config=ml_collections.FrozenConfigDict(config))
     return loop.Task(
         create_state=functools.partial(create_state, config),
-        stages=loop.single_stage(config, step),
+        stages=loop.single_stage(config, population.wrap_step(train_step, config)),
         periodic=periodic,
         prepare=prepare_all,
-        progress_metrics=("d_loss", "g_loss", "d_real", "d_fake"),
-        plot_metrics=("d_loss", "g_loss"),
+        progress_metrics=population.names(config, ("d_loss", "g_loss", "d_real", "d_fake"),
+                                          first_only=True),
+        plot_metrics=population.names(config, ("d_loss", "g_loss")),
         summary=summary,
-        resumable=RESUMABLE,
+        resumable=population.resumable(RESUMABLE, config),
         choices=CONFIG_CHOICES,
     )
 
@@ -352,17 +384,29 @@ def make_sampler(config: ml_collections.ConfigDict, scorer: evaluation.SampleSco
     return sampler
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, state: GANState, workdir: str, *,
+def evaluate_checkpoint(config: ml_collections.ConfigDict, state, workdir: str, *,
                         num: int | None = None, judge_workdir: str | None = None,
-                        inception: bool | None = None) -> dict:
-    """`train.py eval`: scores a restored state's EMA generator (gans_jax.evaluation)."""
+                        inception: bool | None = None, member: int | None = None) -> dict:
+    """`train.py eval`: scores a restored state's EMA generator (gans_jax.evaluation); a
+    population's members one after the other, choosing the best. `member` labels the scores
+    of one member's state (``train.py eval --member i``)."""
     metrics = evaluation.settings(config)
 
-    def sampler(num_images: int) -> Iterator[np.ndarray]:
-        return generate_batches(state, config, num_images, batch_size=metrics.batch_size)
+    def sampler_of(generator_state: GANState):
+        def sampler(num_images: int) -> Iterator[np.ndarray]:
+            return generate_batches(generator_state, config, num_images,
+                                    batch_size=metrics.batch_size)
 
-    return evaluation.evaluate_checkpoint(config, int(state.step), workdir, sampler, num=num,
-                                          judge_workdir=judge_workdir, inception=inception)
+        return sampler
+
+    options = {"num": num, "judge_workdir": judge_workdir, "inception": inception}
+    if isinstance(state, population.PopulationState):
+        samplers = [sampler_of(m) for _, m in population.each(state)]
+        return evaluation.evaluate_population(
+            config, int(state.members.step[0]), workdir, samplers,
+            population.parse(config, POPULATION_KEYS), **options)
+    return evaluation.evaluate_checkpoint(config, int(state.step), workdir, sampler_of(state),
+                                          member=member, **options)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
