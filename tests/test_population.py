@@ -239,8 +239,7 @@ def assert_members_equal_single_runs(trainer, config, num_steps=3):
     return states
 
 
-@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
-def test_each_dcgan_member_equals_a_single_run_with_its_settings(digits, mode):
+def dcgan_members_case(digits, mode):
     # Seeds, learning rates, EMA decay and a gradient penalty that is on for one member only.
     config = gan_config(digits, parallel=mode, **pop(
         3, (0, 0, 7), "optimizer.g_lr=2e-4,5e-4,2e-4 optimizer.d_lr=2e-4,1e-4,3e-4 "
@@ -251,13 +250,46 @@ def test_each_dcgan_member_equals_a_single_run_with_its_settings(digits, mode):
     assert states.hparams["optimizer"]["g_lr"].tolist() == pytest.approx([2e-4, 5e-4, 2e-4])
 
 
-@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
-def test_each_classifier_member_equals_a_single_run_with_its_settings(digits, mode):
+def classifier_members_case(digits, mode):
     # Dropout on: each member draws its masks from its own key.
     config = cls_config(digits, parallel=mode, **{"model.dropout": 0.3}, **pop(
         3, (0, 1, 1), "optimizer.lr=0.05,0.05,0.2 loss.label_smoothing=0,0.1,0"))
     states = assert_members_equal_single_runs(classifier, config)
     assert states.seeds.tolist() == [0, 1, 1]
+
+
+# XLA's CPU collectives end the whole process when one device reaches an all-reduce more than
+# 60 s after the others (a 20 s warning, then 40 s). Tests run niced beside training jobs, and
+# so starved, devices were seen that late in pmap mode, aborting the test session. The pmap
+# cases therefore run in a child process with a longer limit: a stall costs time, and even a
+# failure there fails one test, not the session.
+PATIENT_XLA_FLAGS = ("--xla_force_host_platform_device_count=8 "
+                     "--xla_cpu_collective_call_terminate_timeout_seconds=1800")
+
+
+def run_in_child(case: str, *args) -> None:
+    """Runs this module's function `case(*args)` in a fresh Python with PATIENT_XLA_FLAGS."""
+    code = (f"import sys\nfrom tests.test_population import {case}\n"
+            f"{case}(*sys.argv[1:])\nprint('{case} passed')")
+    env = {**os.environ, "XLA_FLAGS": PATIENT_XLA_FLAGS, "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=3600, env=env)
+    assert result.returncode == 0 and f"{case} passed" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_each_dcgan_member_equals_a_single_run_with_its_settings(digits, mode):
+    if mode == "pmap":
+        return run_in_child("dcgan_members_case", digits, mode)
+    dcgan_members_case(digits, mode)
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_each_classifier_member_equals_a_single_run_with_its_settings(digits, mode):
+    if mode == "pmap":
+        return run_in_child("classifier_members_case", digits, mode)
+    classifier_members_case(digits, mode)
 
 
 # ----------------------------------------------------------------------------- whole runs
@@ -346,23 +378,29 @@ def test_eval_and_sample_pick_members_on_the_command_line(gan_sweep, judge_dir):
         assert message in result.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("trainer,make,mode", [(dcgan, gan_config, "shard_map"),
-                                               (classifier, cls_config, "pmap")],
-                         ids=["dcgan", "classifier"])
-def test_a_resumed_population_equals_an_uninterrupted_one_bitwise(digits, tmp_path, trainer,
-                                                                   make, mode):
+def resume_case(digits, workdir, family: str, mode: str):
+    trainer, make = (dcgan, gan_config) if family == "dcgan" else (classifier, cls_config)
+    workdir = Path(workdir)
     sweep = "optimizer." + ("g_lr=2e-4,4e-4" if trainer is dcgan else "lr=0.05,0.1")
     settings = {"checkpoint_every": 100, "parallel": mode, **pop(2, (0, 4), sweep)}
     if trainer is classifier:  # no evaluation; the schedule's length fixed for both halves
         settings.update({"data.eval_split": "", "optimizer.decay_steps": 8})
     config = make(digits, num_steps=8, **settings)
-    trainer.train_and_evaluate(config, tmp_path / "straight")
-    trainer.train_and_evaluate(make(digits, num_steps=4, **settings), tmp_path / "resumed")
-    summary = trainer.train_and_evaluate(config, tmp_path / "resumed")
+    trainer.train_and_evaluate(config, workdir / "straight")
+    trainer.train_and_evaluate(make(digits, num_steps=4, **settings), workdir / "resumed")
+    summary = trainer.train_and_evaluate(config, workdir / "resumed")
     assert summary["start_step"] == 4 and summary["final_step"] == 8
-    straight, _ = restore(tmp_path / "straight", config, trainer.create_state)
-    resumed, _ = restore(tmp_path / "resumed", config, trainer.create_state)
+    straight, _ = restore(workdir / "straight", config, trainer.create_state)
+    resumed, _ = restore(workdir / "resumed", config, trainer.create_state)
     chex.assert_trees_all_equal(resumed, straight)
+
+
+@pytest.mark.parametrize("family,mode", [("dcgan", "shard_map"), ("classifier", "pmap")])
+def test_a_resumed_population_equals_an_uninterrupted_one_bitwise(digits, tmp_path, family,
+                                                                   mode):
+    if mode == "pmap":  # in a child process, as the step's pmap cases
+        return run_in_child("resume_case", digits, tmp_path, family, mode)
+    resume_case(digits, tmp_path, family, mode)
 
 
 def test_classifier_seed_ensemble_reports_members_ensemble_and_best(digits, tmp_path):
