@@ -71,32 +71,33 @@ tcmalloc:
 	  else echo "libtcmalloc-minimal4 missing (apt-get install it for faster CPU runs)"; fi; \
 	fi
 
-demo: venv fashion-mnist tcmalloc
+demo: venv fashion-mnist tcmalloc onednn
 	$(RUN) train.py --config gans_jax/configs/dcgan_fashion_mnist.py --workdir $(DEMO_WORKDIR)
 	@echo "samples: $(DEMO_WORKDIR)/samples_final.png  summary: $(DEMO_WORKDIR)/summary.json"
 
-test: venv tcmalloc
+test: venv tcmalloc onednn
 	$(PY) -m ruff check .
 	$(RUN) -m pytest -q --durations=15
 
-test-slow: venv tcmalloc
+test-slow: venv tcmalloc onednn
 	$(RUN) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs
 
 # The benchmark suite (~25 min on 2 CPU cores): matmul peak, train steps of every registered
-# model side by side with their PyTorch twins (and computing in bfloat16), data-parallel scaling,
+# model side by side with their PyTorch twins (and in bfloat16, and with XLA's convolutions),
+# data-parallel scaling,
 # a profile of the DCGAN-64 step, each convolution's parts beside PyTorch's, glibc malloc beside
 # tcmalloc (the script picks each run's allocator itself), then the table.
 # PyTorch comes from the `bench` extra; without it the baselines are recorded as skipped.
 # `make bench BENCH_ARGS=--tiny` checks that everything runs, in a few minutes.
 BENCH_ARGS ?=
-bench: venv tcmalloc
+bench: venv tcmalloc onednn
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -e ".[bench]" \
 	  || echo "could not install torch: the PyTorch baselines will be skipped"
 	$(RUN) -m benchmarks.peak $(BENCH_ARGS)
-	$(RUN) -m benchmarks.train_step --bfloat16 $(BENCH_ARGS)
+	$(RUN) -m benchmarks.train_step --bfloat16 --xla-conv $(BENCH_ARGS)
 	$(RUN) -m benchmarks.scaling $(BENCH_ARGS)
 	$(RUN) -m benchmarks.profile_step $(BENCH_ARGS)
 	$(RUN) -m benchmarks.conv_layers $(BENCH_ARGS)
