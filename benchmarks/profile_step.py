@@ -12,7 +12,8 @@ one event per executed XLA operation on the threads that run them. The summary a
 durations per operation name, looks each name up in the optimized HLO of the same executable
 (its opcode, output shape and the model code it came from, from the HLO metadata), and groups
 the time by kind: convolution, dot, reduction (a fusion counts as the heaviest of these it
-holds, since XLA's CPU back end runs them inside fusions), elementwise fusion, copy/transpose,
+holds, since XLA's CPU back end runs them inside fusions; a oneDNN custom call is a
+convolution), elementwise fusion, copy/transpose,
 collective, waiting (a device's thread waiting for the others at a collective), other.
 
 Operations of different devices run at the same time on different threads, so the summed
@@ -39,6 +40,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+?(?:\{[^}]*\}
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _SOURCE = re.compile(r'source_file="([^"]*)"\s+source_line=(\d+)')
 
 KINDS = {"convolution": "convolution", "dot": "dot", "copy": "copy/transpose",
@@ -48,6 +50,7 @@ KINDS = {"convolution": "convolution", "dot": "dot", "copy": "copy/transpose",
 # A fusion counts as the heaviest kind of operation it contains (XLA's CPU back end runs its
 # convolutions, matmuls and reductions inside fusions).
 FUSION_KINDS = ("convolution", "dot", "reduce")
+ONEDNN_PREFIX = "Onednn"  # custom-call targets of common_jax.onednn's convolutions
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict[str, str]]:
@@ -70,6 +73,8 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict[str, str]]:
             info["op_name"] = op_name.group(1)
         if source := _SOURCE.search(line):
             info["source"] = f"{Path(source.group(1)).name}:{source.group(2)}"
+        if target := _TARGET.search(line):
+            info["target"] = target.group(1)
         if opcode == "fusion":
             if "kind=" in line:
                 info["fusion_kind"] = line.split("kind=", 1)[1].split(",", 1)[0].split(" ", 1)[0]
@@ -110,6 +115,8 @@ def kind_of(name: str, info: dict[str, str] | None) -> str:
     if info:
         if info["opcode"] == "fusion":
             return KINDS[info["contains"]] if "contains" in info else "fusion (elementwise)"
+        if info["opcode"] == "custom-call" and info.get("target", "").startswith(ONEDNN_PREFIX):
+            return "convolution"  # a convolution computed by oneDNN (common_jax.conv)
         return KINDS.get(info["opcode"], "other")
     if name.startswith(("Rendezvous", "Wait")):
         return "waiting"  # a device thread waiting for the others at a collective
