@@ -218,6 +218,20 @@ def test_hlo_lines_are_read_with_opcode_shape_and_origin():
     assert profile_step.kind_of("fusion.2", ops["fusion.2"]) == "fusion (elementwise)"
 
 
+def test_a_onednn_custom_call_is_counted_as_a_convolution():
+    from benchmarks import profile_step
+
+    text = ('  %custom-call.3 = f32[8,14,14,32]{3,2,1,0} custom-call(f32[8,28,28,1]{3,2,1,0} %p, '
+            'f32[5,5,1,32]{3,2,1,0} %w), custom_call_target="OnednnConvForward", '
+            'metadata={op_name="jit(step)/conv0/ffi_call"}\n'
+            '  %custom-call.4 = f32[8]{0} custom-call(f32[8]{0} %a), '
+            'custom_call_target="SomethingElse"\n')
+    ops = profile_step.hlo_instructions(text)
+    assert ops["custom-call.3"]["target"] == "OnednnConvForward"
+    assert profile_step.kind_of("custom-call.3", ops["custom-call.3"]) == "convolution"
+    assert profile_step.kind_of("custom-call.4", ops["custom-call.4"]) == "other"
+
+
 def test_a_fusion_is_counted_as_the_convolution_it_holds():
     from benchmarks import profile_step
 
