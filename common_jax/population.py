@@ -491,6 +491,17 @@ def member_step_bytes(train_step: Callable, abstract_state: Any,
     return max(int(total) - batch, 0), batch
 
 
+def record_memory(config: ml_collections.ConfigDict, create_member: Callable,
+                  train_step: Callable, summary: dict) -> None:
+    """`check_memory` for a family's config (its batch and image shape, every device); the
+    figures go into summary["population"]["memory"]."""
+    memory = check_memory(config, create_member, train_step, batch_size=config.batch_size,
+                          image_size=config.model.image_size, channels=config.model.channels,
+                          num_devices=jax.device_count())
+    if memory is not None:
+        summary["population"]["memory"] = memory
+
+
 def check_memory(config: ml_collections.ConfigDict, create_member: Callable,
                  train_step: Callable, *, batch_size: int, image_size: int,
                  channels: int, num_devices: int) -> dict[str, Any] | None:

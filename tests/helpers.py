@@ -35,3 +35,11 @@ def smoke_config(data_path: Path, **overrides):
     c.data.path = str(data_path)
     c.data.tfds_name = ""
     return apply_overrides(c, overrides)
+
+
+def random_digits(folder: Path) -> Path:
+    """Random labelled 28x28 digits in MNIST's files: 96 train and 40 test images."""
+    rng = np.random.RandomState(0)
+    write_idx(folder, rng.randint(0, 256, (96, 28, 28)), rng.randint(0, 10, 96))
+    write_idx(folder, rng.randint(0, 256, (40, 28, 28)), rng.randint(0, 10, 40), prefix="t10k")
+    return folder

@@ -29,7 +29,7 @@ from common_jax.metrics import gan_metrics as gm
 from common_jax.metrics import judge as judge_lib
 from gans_jax import evaluation
 from gans_jax.trainers import dcgan
-from tests.helpers import smoke_config, write_idx
+from tests.helpers import random_digits, smoke_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = {"metrics.num_samples": 48, "metrics.periodic_num_samples": 24,
@@ -39,11 +39,7 @@ SCORES = {"metrics.num_samples": 48, "metrics.periodic_num_samples": 24,
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Random labelled 28x28 digits: 96 train and 40 test images."""
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.RandomState(0)
-    write_idx(folder, rng.randint(0, 256, (96, 28, 28)), rng.randint(0, 10, 96))
-    write_idx(folder, rng.randint(0, 256, (40, 28, 28)), rng.randint(0, 10, 40), prefix="t10k")
-    return folder
+    return random_digits(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="module")

@@ -596,12 +596,7 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
         evaluation.prepare(source)
         log.info("%d steps = %.1f epochs of %d examples", config.num_steps,
                  config.num_steps * config.batch_size / source.num_examples, source.num_examples)
-        memory = population.check_memory(
-            config, create_state, train_step, batch_size=config.batch_size,
-            image_size=config.model.image_size, channels=config.model.channels,
-            num_devices=jax.device_count())
-        if memory is not None:
-            summary["population"]["memory"] = memory
+        population.record_memory(config, create_state, train_step, summary)
 
     return loop.Task(
         create_state=functools.partial(create_state, config),

@@ -353,12 +353,7 @@ def make_task(config: ml_collections.ConfigDict) -> loop.Task:
         prepare(sources["train"])
         if scorer is not None:
             scorer.load_reference_source()
-        memory = population.check_memory(
-            config, create_state, train_step, batch_size=config.batch_size,
-            image_size=config.model.image_size, channels=config.model.channels,
-            num_devices=jax.device_count())
-        if memory is not None:
-            summary["population"]["memory"] = memory
+        population.record_memory(config, create_state, train_step, summary)
 
     return loop.Task(
         create_state=functools.partial(create_state, config),
