@@ -21,7 +21,8 @@ Variants (combine with '+', e.g. `:hinge_sn+smoke`):
              200,000 (each of its steps is 2 D updates and 1 G update; ours is 1 D update);
   hinge_sn   the toolkit's best variant on the MNIST ablation: hinge loss and spectral norm on
              every D layer, no norm in D, LeakyReLU 0.1 (the paper's slope); same steps.
-Results: not measured yet (docs/dcgan.md).
+Results (docs/dcgan.md): after 4,000 steps FID 53.66 (EMA) and 59.38 (raw), 10k samples vs the
+test split; :hinge_sn 66.31.
 """
 
 from pathlib import Path
