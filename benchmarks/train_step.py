@@ -31,11 +31,11 @@ compiled program holds. Then the model's real input pipeline alone and end to en
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import time
 from typing import Any
+from unittest import mock
 
 import jax
 import ml_collections
@@ -174,23 +174,9 @@ def bfloat16_step(config, args, log=print) -> JaxStep:
     return step
 
 
-@contextlib.contextmanager
-def onednn_switched_off():
-    """COMMON_JAX_ONEDNN=0 inside: what is traced here gets XLA's own convolutions."""
-    saved = os.environ.get(onednn.SWITCH_ENV)
-    os.environ[onednn.SWITCH_ENV] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[onednn.SWITCH_ENV]
-        else:
-            os.environ[onednn.SWITCH_ENV] = saved
-
-
 def xla_conv_step(config, args, log=print) -> JaxStep:
     """The same step with XLA's convolutions: traced with the oneDNN extension switched off."""
-    with onednn_switched_off():
+    with mock.patch.dict(os.environ, {onednn.SWITCH_ENV: "0"}):  # read when traced
         step = JaxStep(config, devices=args.devices, mode=args.parallel)
     log(f"  jax with XLA's convolutions: compile {step.compile_s:.1f} s")
     return step
