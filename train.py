@@ -75,7 +75,10 @@ flags.DEFINE_integer("num", 64, "sample: number of images; eval: number of sampl
 flags.DEFINE_string("out", None, "sample: output PNG (default <workdir>/sample.png); "
                     "translate: output folder (default <workdir>/translated); reconstruct: "
                     "output folder (default <workdir>/reconstructed); features: the .npz.")
-flags.DEFINE_bool("ema", True, "sample: use the generator's moving-average weights.")
+flags.DEFINE_bool("ema", True, "sample, eval: use the generator's moving-average weights "
+                  "(--noema: the raw generator's; eval writes its scores as eval_raw_*).")
+flags.DEFINE_integer("step", None, "sample, eval, classify, translate, reconstruct: the "
+                     "checkpoint saved at this step (default: the latest).")
 flags.DEFINE_bool("growth", False, "sample: a ProGAN run's growth strip instead: the same "
                   "z at every resolution reached (default --out <workdir>/growth.png).")
 flags.DEFINE_integer("seed", 0, "sample: seed of the latent vectors.")
@@ -163,7 +166,7 @@ def restore_run(workdir: str):
     from common_jax import population
     from common_jax.checkpoint import restore_for_inference
 
-    config, state, trainer = restore_for_inference(workdir, trainer_module)
+    config, state, trainer = restore_for_inference(workdir, trainer_module, step=FLAGS.step)
     if not isinstance(state, population.PopulationState):
         if FLAGS.member is not None:
             raise_usage(f"{workdir} holds a single run, not a population; leave out --member")
@@ -261,7 +264,8 @@ def run_translate(paths: list[str]) -> None:
         raise_usage(f"unknown direction '{FLAGS.direction}'; set --direction to a2b (domain A "
                     "to B) or b2a")
     check_files(paths)  # before the slow checkpoint restore
-    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module,
+                                                   step=FLAGS.step)
     if not hasattr(trainer, "translate_files"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not translate "
                     "images; give the --workdir of a CycleGAN run")
@@ -279,7 +283,8 @@ def run_reconstruct(paths: list[str]) -> None:
         raise_usage("reconstruct needs image files: python train.py reconstruct --workdir DIR "
                     "a.png b.jpg [--out DIR]")
     check_files(paths)  # before the slow checkpoint restore
-    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module)
+    config, state, trainer = restore_for_inference(FLAGS.workdir, trainer_module,
+                                                   step=FLAGS.step)
     if not hasattr(trainer, "reconstruct_files"):
         raise_usage(f"{FLAGS.workdir} holds a {config.trainer} run, which does not reconstruct "
                     "images; give the --workdir of an autoencoder run")
@@ -356,8 +361,9 @@ def run_features() -> None:
 
 
 def run_eval() -> None:
-    """Scores the latest checkpoint's EMA generator as its config's `metrics` section says
-    (the flags override it) and prints the scores with their protocol."""
+    """Scores the latest checkpoint's (or --step's) EMA generator, or with --noema its raw one,
+    as its config's `metrics` section says (the flags override it) and prints the scores with
+    their protocol."""
     num = scored_num("eval")
     config, state, trainer = restore_run(FLAGS.workdir)
     if not hasattr(trainer, "evaluate_checkpoint"):
@@ -366,14 +372,18 @@ def run_eval() -> None:
     member = {} if FLAGS.member is None else {"member": FLAGS.member}
     result = trainer.evaluate_checkpoint(config, state, FLAGS.workdir, num=num,
                                          judge_workdir=FLAGS.judge_workdir,
-                                         inception=FLAGS.inception, **member)
-    from gans_jax.evaluation import describe, describe_population
+                                         inception=FLAGS.inception, use_ema=FLAGS.ema,
+                                         **member)
+    from gans_jax.evaluation import describe, describe_population, eval_name
 
-    which = "EMA generator" if FLAGS.member is None else f"member {FLAGS.member}'s EMA generator"
+    name = eval_name(FLAGS.ema)
+    which = f"{'EMA' if FLAGS.ema else 'raw'} generator"
+    if FLAGS.member is not None:
+        which = f"member {FLAGS.member}'s {which}"
     print(f"checkpoint step {result['step']} in {FLAGS.workdir} ({which})")
     for line in describe_population(result) if "members" in result else describe(result):
         print(line)
-    print(f"wrote summary.json \"eval\" and eval_* scalars (TensorBoard, metrics.jsonl) in "
+    print(f"wrote summary.json \"{name}\" and {name}_* scalars (TensorBoard, metrics.jsonl) in "
           f"{FLAGS.workdir}")
 
 

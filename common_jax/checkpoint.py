@@ -256,8 +256,10 @@ class Checkpointer:
         self.manager = self._open()
 
 
-def restore_for_inference(workdir: str | Path, load_trainer) -> tuple[Any, Any, Any]:
-    """(config, state, trainer module) from the latest checkpoint in workdir, for sampling.
+def restore_for_inference(workdir: str | Path, load_trainer,
+                          step: int | None = None) -> tuple[Any, Any, Any]:
+    """(config, state, trainer module) from the latest checkpoint in workdir (or the one saved
+    at `step`), for sampling and scoring.
 
     `load_trainer(config)` returns the module with ``create_state(config)``.
     """
@@ -270,10 +272,15 @@ def restore_for_inference(workdir: str | Path, load_trainer) -> tuple[Any, Any, 
         steps = checkpointer.steps()
         if not steps:
             raise no_checkpoint
-        meta = checkpointer.read_meta(steps[-1])
+        if step is not None and step not in steps:
+            raise UserError(f"no checkpoint at step {step} in {workdir}; it holds steps "
+                            f"{', '.join(map(str, steps))}: give one of them to --step")
+        meta = checkpointer.read_meta(steps[-1] if step is None else step)
         config = ml_collections.ConfigDict(meta["config"])
         trainer = load_trainer(config)
         abstract = jax.eval_shape(lambda: trainer.create_state(config))
+        if step is not None:
+            return config, checkpointer.restore(step, abstract)[0], trainer
         restored = checkpointer.restore_latest(abstract)
         if restored is None:
             raise UserError(f"no readable checkpoint in {workdir}")

@@ -302,43 +302,53 @@ def eval_scorer(config: ml_collections.ConfigDict, *, num: int | None,
     return scorer
 
 
+def eval_name(use_ema: bool = True) -> str:
+    """The name `train.py eval` files its scores under: "eval" for the EMA generator (or the
+    only one), "eval_raw" for the raw generator of a run with a weight average."""
+    return "eval" if use_ema else "eval_raw"
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
                         sampler: Sampler, *, num: int | None = None,
                         judge_workdir: str | None = None, inception: bool | None = None,
-                        member: int | None = None) -> dict[str, Any]:
+                        member: int | None = None, raw: bool = False) -> dict[str, Any]:
     """`train.py eval`: scores a restored generator, arguments overriding the run's config.
 
     Writes eval_* scalars at the checkpoint's step (TensorBoard, metrics.jsonl) and the result
-    into <workdir>/summary.json under "eval", keeping the rest of the file. `member` (a
+    into <workdir>/summary.json under "eval", keeping the rest of the file; `raw` (the sampler
+    draws from the raw generator) files them as eval_raw_* and "eval_raw". `member` (a
     population's member, `train.py eval --member i`) names the scalars member3/eval_* and is
     recorded in the result.
     """
+    name = eval_name(not raw)
     scorer = eval_scorer(config, num=num, judge_workdir=judge_workdir, inception=inception)
     result = {"step": step, **({"member": member} if member is not None else {}),
               **scorer.score(sampler, scorer.metrics.num_samples)}
-    _write_eval(workdir, step, scalars(result, prefix=population.name(member, "eval_")),
-                result)
+    _write_eval(workdir, step, scalars(result, prefix=population.name(member, f"{name}_")),
+                result, name)
     return result
 
 
 def evaluate_population(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
                         samplers: list[Sampler], spec: population.Spec, *,
                         num: int | None = None, judge_workdir: str | None = None,
-                        inception: bool | None = None) -> dict[str, Any]:
+                        inception: bool | None = None, raw: bool = False) -> dict[str, Any]:
     """`train.py eval` of a population: every member scored against the same reference, the
-    best by FID chosen; summary.json "eval" holds "members" and "best"."""
+    best by FID chosen; summary.json "eval" ("eval_raw" with `raw`) holds "members" and
+    "best"."""
+    name = eval_name(not raw)
     scorer = eval_scorer(config, num=num, judge_workdir=judge_workdir, inception=inception)
     results = [scorer.score(sampler, scorer.metrics.num_samples) for sampler in samplers]
     result = {"step": step, "members": results, "best": rank(spec, results)}
     values = {}
     for index, member in enumerate(results):
-        values.update(scalars(member, prefix=population.key(index, "eval_")))
-    _write_eval(workdir, step, values, result)
+        values.update(scalars(member, prefix=population.key(index, f"{name}_")))
+    _write_eval(workdir, step, values, result, name)
     return result
 
 
 def _write_eval(workdir: str | Path, step: int, values: dict[str, float],
-                result: dict[str, Any]) -> None:
+                result: dict[str, Any], name: str) -> None:
     primary = jax.process_index() == 0  # one writer in a multi-process job
     writer = RunWriter(workdir, primary=primary)
     try:
@@ -346,7 +356,7 @@ def _write_eval(workdir: str | Path, step: int, values: dict[str, float],
     finally:
         writer.close()
     if primary:
-        merge_summary(Path(workdir) / "summary.json", "eval", result)
+        merge_summary(Path(workdir) / "summary.json", name, result)
 
 
 def score_real_split(config: ml_collections.ConfigDict, split: str, *, num: int | None = None,

@@ -6,7 +6,9 @@
 Each run's `metrics.jsonl` gives the curve (two when the run has a weight average of G: its
 EMA generator's and, from the `raw_` scores, the raw generator's): its `inception_fid` entries
 by step (the periodic scores and, at the last step, the final one) and any
-`eval_inception_fid` entries written by `train.py eval`. The number of generated images behind
+`eval_inception_fid` (`eval_raw_inception_fid`) entries written by `train.py eval [--noema]`,
+e.g. of checkpoints saved during the run (`--step`) scored on more samples than the periodic
+scores. The number of generated images behind
 each point comes from the run's `config.json` (`metrics.periodic_num_samples`) and, for the
 final and eval scores, from the protocol in `summary.json`; FID depends on it (fewer samples
 score higher), so the legend says it. `--x g_updates` divides the steps by the run's
@@ -33,8 +35,9 @@ PUBLISHED = (
     ("Mimicry DCGAN: ResNet nets, n_dis 5, 200k G steps; 10k train vs 10k", 28.95),
     ("StudioGAN DCGAN: this CNN, n_dis 2, best of 200k G steps; 10k test vs 10k", 50.28),
 )
-FID_KEY, EVAL_KEY = "inception_fid", "eval_inception_fid"
+FID_KEY = "inception_fid"
 RAW_PREFIX = "raw_"  # the raw generator's scores in a run with a weight average
+EVAL_KEY, RAW_EVAL_KEY = "eval_inception_fid", "eval_raw_inception_fid"  # train.py eval's
 
 
 @dataclass
@@ -100,16 +103,19 @@ def load_curve(run_dir: str | Path, label: str | None = None, *, raw: bool = Fal
     curve = Curve(label or run.name, n_critic=int(config.get("n_critic", 1)))
     curve.periodic_n = (config.get("metrics") or {}).get("periodic_num_samples")
     fid_key = RAW_PREFIX + FID_KEY if raw else FID_KEY
+    eval_key = RAW_EVAL_KEY if raw else EVAL_KEY
     final_step, curve.final_n = protocol_n(summary, "gan_metrics_raw" if raw else "gan_metrics")
-    _, curve.eval_n = protocol_n(summary, "eval")
+    _, curve.eval_n = protocol_n(summary, "eval_raw" if raw else "eval")
+    evals = {}  # a checkpoint scored twice: its latest score
     for row in read_metrics(metrics):
         step = int(row["step"])
         if fid_key in row and step == final_step:
             curve.final = (step, float(row[fid_key]))
         elif fid_key in row:
             curve.periodic.append((step, float(row[fid_key])))
-        if EVAL_KEY in row and not raw:
-            curve.evals.append((step, float(row[EVAL_KEY])))
+        if eval_key in row:
+            evals[step] = float(row[eval_key])
+    curve.evals = sorted(evals.items())
     return curve
 
 
@@ -117,7 +123,7 @@ def load_curves(run_dir: str | Path, label: str | None = None) -> list[Curve]:
     """A run's EMA-generator curve, and its raw-generator curve when the run scored both."""
     ema = load_curve(run_dir, label)
     raw = load_curve(run_dir, label, raw=True)
-    if not (raw.periodic or raw.final):
+    if not (raw.periodic or raw.final or raw.evals):
         return [ema]
     ema.label, raw.label = f"{ema.label} EMA G", f"{raw.label} raw G"
     return [ema, raw]
@@ -166,7 +172,10 @@ def plot(curves: list[Curve], references: list[tuple[str, float]], out: Path, *,
             ax.plot(xs([curve.final]), [curve.final[1]], "*", color=color, markersize=14,
                     label=f"{curve.label} final ({samples_text(curve.final_n)} samples)")
         if curve.evals:
-            ax.plot(xs(curve.evals), [f for _, f in curve.evals], "D", color=color,
+            # Checkpoints scored on the final score's sample count join it in one dashed curve.
+            points = sorted(curve.evals + ([curve.final] if curve.final and
+                                           curve.final_n == curve.eval_n else []))
+            ax.plot(xs(points), [f for _, f in points], "D--", color=color,
                     fillstyle="none", label=f"{curve.label} eval "
                                             f"({samples_text(curve.eval_n)} samples)")
     for j, (label, fid) in enumerate(references):

@@ -373,7 +373,7 @@ def test_score_action_scores_the_ema_and_the_raw_generator_apart():
 
 
 def write_run(folder, fids, *, final=None, evals=(), n_critic=1, periodic_n=2000,
-              final_n=10000, truncated=False, raw=()):
+              final_n=10000, truncated=False, raw=(), raw_evals=()):
     folder.mkdir(parents=True)
     rows = [{"step": 10, "d_loss": 1.0}] + [{"step": s, "inception_fid": f, "inception_kid": 0.1}
                                             for s, f in fids]
@@ -381,6 +381,7 @@ def write_run(folder, fids, *, final=None, evals=(), n_critic=1, periodic_n=2000
     if final:
         rows.append({"step": final[0], "inception_fid": final[1]})
     rows += [{"step": s, "eval_inception_fid": f} for s, f in evals]
+    rows += [{"step": s, "eval_raw_inception_fid": f} for s, f in raw_evals]
     text = "".join(json.dumps(r) + "\n" for r in rows) + ('{"step": 9' if truncated else "")
     (folder / "metrics.jsonl").write_text(text)
     (folder / "config.json").write_text(json.dumps(
@@ -394,6 +395,9 @@ def write_run(folder, fids, *, final=None, evals=(), n_critic=1, periodic_n=2000
             "protocol": {"n_fake": final_n}}}
     if evals:
         summary["eval"] = {"step": evals[-1][0], "inception": {"protocol": {"n_fake": 5000}}}
+    if raw_evals:
+        summary["eval_raw"] = {"step": raw_evals[-1][0],
+                               "inception": {"protocol": {"n_fake": 10000}}}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -420,6 +424,22 @@ def test_fid_curve_draws_the_raw_generator_beside_the_ema_one(tmp_path):
     # a run without raw scores (no weight average) gives one curve, named as given
     [only] = fid_curve.load_curves(write_run(tmp_path / "b", [(1000, 150.0)]), "b")
     assert only.label == "b"
+
+
+def test_fid_curve_takes_checkpoints_scored_by_eval_for_each_generator(tmp_path):
+    # `train.py eval --step N [--noema]` of saved checkpoints: EMA scores as eval_*, raw ones
+    # as eval_raw_*; a checkpoint scored twice counts with its latest score
+    run = write_run(tmp_path / "a", [(1000, 150.0)], final=(3000, 60.0),
+                    evals=[(2000, 90.0), (1000, 140.0), (2000, 88.0)],
+                    raw_evals=[(2000, 95.0)])
+    ema, raw = fid_curve.load_curves(run, "c10")
+    assert ema.evals == [(1000, 140.0), (2000, 88.0)] and ema.eval_n == 5000
+    assert raw.evals == [(2000, 95.0)] and raw.eval_n == 10000
+    assert raw.periodic == [] and raw.final is None
+    lines = fid_curve.describe(raw)
+    assert lines == ["c10 raw G: step 2000: FID 95.00 eval (10k samples)"]
+    out = fid_curve.plot([ema, raw], [], tmp_path / "curve.png")
+    assert out.stat().st_size > 0
 
 
 def test_fid_curve_writes_a_png_with_the_published_lines(tmp_path, capsys):

@@ -320,6 +320,37 @@ def test_eval_command_writes_summary_eval_and_tensorboard(gan_dir, judge_dir, tm
     assert last["step"] == 6 and last["eval_judge_fid"] == summary["eval"]["judge"]["fid"]
 
 
+def test_eval_scores_an_earlier_checkpoint_and_the_raw_generator(gan_dir, judge_dir, tmp_path):
+    workdir = tmp_path / "gan"
+    shutil.copytree(gan_dir, workdir)
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    command = [sys.executable, str(ROOT / "train.py"), "eval", f"--workdir={workdir}",
+               "--num=24", f"--judge_workdir={judge_dir}"]
+    result = subprocess.run(command + ["--step=3", "--noema"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "checkpoint step 3" in result.stdout and "raw generator" in result.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["eval_raw"]["step"] == 3 and "eval" not in summary
+    last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and last["eval_raw_judge_fid"] == summary["eval_raw"]["judge"]["fid"]
+    assert not any(key.startswith("eval_judge") for key in last)
+    # the raw generator of step 3 differs from the EMA one of step 3
+    result = subprocess.run(command + ["--step=3"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["eval"]["step"] == 3
+    assert summary["eval"]["judge"]["fid"] != summary["eval_raw"]["judge"]["fid"]
+    # a step without a checkpoint names the ones there are
+    result = subprocess.run(command + ["--step=5"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no checkpoint at step 5 in {workdir}; it holds steps 3, 6: give one of them "
+        "to --step")
+
+
 # ------------------------------------------------------------------------------- bad input
 
 

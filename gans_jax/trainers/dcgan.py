@@ -381,20 +381,22 @@ def make_sampler(config: ml_collections.ConfigDict, scorer: evaluation.SampleSco
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, state, workdir: str, *,
                         num: int | None = None, judge_workdir: str | None = None,
-                        inception: bool | None = None, member: int | None = None) -> dict:
-    """`train.py eval`: scores a restored state's EMA generator (gans_jax.evaluation); a
-    population's members one after the other, choosing the best. `member` labels the scores
-    of one member's state (``train.py eval --member i``)."""
+                        inception: bool | None = None, member: int | None = None,
+                        use_ema: bool = True) -> dict:
+    """`train.py eval`: scores a restored state's EMA generator (with `use_ema` False its raw
+    one; gans_jax.evaluation); a population's members one after the other, choosing the best.
+    `member` labels the scores of one member's state (``train.py eval --member i``)."""
     metrics = evaluation.settings(config)
 
     def sampler_of(generator_state: GANState):
         def sampler(num_images: int) -> Iterator[np.ndarray]:
             return generate_batches(generator_state, config, num_images,
-                                    batch_size=metrics.batch_size)
+                                    batch_size=metrics.batch_size, use_ema=use_ema)
 
         return sampler
 
-    options = {"num": num, "judge_workdir": judge_workdir, "inception": inception}
+    options = {"num": num, "judge_workdir": judge_workdir, "inception": inception,
+               "raw": not use_ema}
     if isinstance(state, population.PopulationState):
         samplers = [sampler_of(m) for _, m in population.each(state)]
         return evaluation.evaluate_population(
