@@ -17,7 +17,10 @@ score higher), so the legend says it. `--x g_updates` divides the steps by the r
 The published CIFAR-10 DCGAN figures drawn by default (`PUBLISHED`; docs/dcgan.md has the
 sources) are horizontal lines labelled with their own step counts and protocols: different
 networks, sample counts and reference splits from ours, so they place our curve, they do not
-rank it. Prints one line per point and writes the PNG.
+rank it. Beside them, StudioGAN's logged training curve of the same CNN (`STUDIOGAN_LOG`, 10k
+samples against the test split as we score) is drawn at its G updates with `--x g_updates`,
+at its D updates (twice as many) otherwise, as far as our curves reach. Prints one line per
+point and writes the PNG.
 """
 
 from __future__ import annotations
@@ -34,6 +37,19 @@ from common_jax.errors import UserError
 PUBLISHED = (
     ("Mimicry DCGAN: ResNet nets, n_dis 5, 200k G steps; 10k train vs 10k", 28.95),
     ("StudioGAN DCGAN: this CNN, n_dis 2, best of 200k G steps; 10k test vs 10k", 50.28),
+)
+# StudioGAN's committed training log of the SN-paper CNN on CIFAR-10
+# (`logs/DCGAN-train-2020_09_15_13_23_51.log`, commit 65ee529; n_dis 2, raw G): FID of 10k
+# samples against the test split's moments every 2,000 G updates, here up to 50,000 (its best,
+# 49.03, came at 42,000; later the run collapsed, above 100 from 54,000 on).
+STUDIOGAN_LOG_LABEL = "StudioGAN's log of this CNN (n_dis 2, raw G; 10k vs test)"
+STUDIOGAN_LOG_N_CRITIC = 2
+STUDIOGAN_LOG = (
+    (2000, 114.94), (4000, 92.60), (6000, 75.59), (8000, 77.45), (10000, 65.25),
+    (12000, 64.16), (14000, 66.32), (16000, 59.91), (18000, 66.28), (20000, 60.33),
+    (22000, 57.86), (24000, 55.20), (26000, 50.63), (28000, 67.34), (30000, 65.66),
+    (32000, 53.87), (34000, 50.09), (36000, 51.47), (38000, 54.42), (40000, 55.72),
+    (42000, 49.03), (44000, 61.56), (46000, 90.17), (48000, 73.58), (50000, 85.87),
 )
 FID_KEY = "inception_fid"
 RAW_PREFIX = "raw_"  # the raw generator's scores in a run with a weight average
@@ -148,9 +164,22 @@ def samples_text(n: int | None) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
+def published_curve(curves: list[Curve], x_unit: str) -> Curve:
+    """StudioGAN's logged curve on the plot's x axis (its G updates, or its D updates on the
+    steps axis), up to one and a half times the furthest point of `curves`."""
+    scale = 1 if x_unit == "g_updates" else STUDIOGAN_LOG_N_CRITIC
+    furthest = max((step / (c.n_critic if x_unit == "g_updates" else 1)
+                    for c in curves for step, _ in c.periodic + c.evals +
+                    ([c.final] if c.final else [])), default=0)
+    points = [(g * scale, fid) for g, fid in STUDIOGAN_LOG if g * scale <= 1.5 * furthest]
+    return Curve(STUDIOGAN_LOG_LABEL, periodic=points or [(STUDIOGAN_LOG[0][0] * scale,
+                                                           STUDIOGAN_LOG[0][1])])
+
+
 def plot(curves: list[Curve], references: list[tuple[str, float]], out: Path, *,
-         x_unit: str = "steps") -> Path:
-    """Draws the curves and the reference lines into `out` (PNG)."""
+         x_unit: str = "steps", published: Curve | None = None) -> Path:
+    """Draws the curves, a published curve (already on the x axis) and the reference lines
+    into `out` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -178,6 +207,9 @@ def plot(curves: list[Curve], references: list[tuple[str, float]], out: Path, *,
             ax.plot(xs(points), [f for _, f in points], "D--", color=color,
                     fillstyle="none", label=f"{curve.label} eval "
                                             f"({samples_text(curve.eval_n)} samples)")
+    if published is not None:
+        ax.plot([x for x, _ in published.periodic], [f for _, f in published.periodic], "s:",
+                color="gray", label=published.label)
     for j, (label, fid) in enumerate(references):
         ax.axhline(fid, color="gray", linestyle=("--", ":", "-.")[j % 3], linewidth=1.2,
                    label=f"{label}: {fid:g}")
@@ -224,7 +256,8 @@ def run(args: argparse.Namespace) -> Path:
     for curve in curves:
         for line in describe(curve):
             print(line)
-    path = plot(curves, references, Path(args.out), x_unit=args.x)
+    published = None if args.no_published else published_curve(curves, args.x)
+    path = plot(curves, references, Path(args.out), x_unit=args.x, published=published)
     print(f"wrote {path}")
     return path
 
@@ -237,7 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference", action="append", metavar="LABEL=FID",
                         help="another horizontal reference line (repeatable)")
     parser.add_argument("--no-published", action="store_true",
-                        help="leave out the published Mimicry and StudioGAN lines")
+                        help="leave out the published Mimicry and StudioGAN lines and "
+                             "StudioGAN's logged curve")
     parser.add_argument("--x", choices=("steps", "g_updates"), default="steps",
                         help="x axis: training steps or G updates (steps / n_critic)")
     return parser.parse_args(argv)

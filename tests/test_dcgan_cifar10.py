@@ -459,12 +459,21 @@ def test_fid_curve_writes_a_png_with_the_published_lines(tmp_path, capsys):
 
 def test_fid_curve_reference_lines_follow_the_options(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(fid_curve, "plot", lambda curves, refs, out, x_unit: drawn.append(refs))
-    a = write_run(tmp_path / "a", [(1000, 150.0)])
+    monkeypatch.setattr(fid_curve, "plot", lambda curves, refs, out, x_unit, published:
+                        drawn.append((refs, published)))
+    a = write_run(tmp_path / "a", [(1000, 150.0), (4000, 60.0)])
     args = [str(a), "--out", str(tmp_path / "x.png")]
     fid_curve.main(args)
     fid_curve.main(args + ["--no-published", "--reference", "floor = 5.16"])
-    assert drawn == [list(fid_curve.PUBLISHED), [("floor", 5.16)]]
+    fid_curve.main(args + ["--x", "g_updates"])
+    assert [refs for refs, _ in drawn] == [list(fid_curve.PUBLISHED), [("floor", 5.16)],
+                                           list(fid_curve.PUBLISHED)]
+    steps_axis, off, g_axis = [published for _, published in drawn]
+    assert off is None
+    # StudioGAN counts G updates with 2 D updates each: on the steps (D updates) axis its
+    # 2,000 G updates sit at 4,000; points run to 1.5x our furthest step (6,000)
+    assert steps_axis.periodic == [(4000, 114.94)]
+    assert g_axis.periodic == [(2000, 114.94), (4000, 92.60), (6000, 75.59)]
 
 
 @pytest.mark.parametrize("make_args,message", [
