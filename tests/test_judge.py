@@ -335,13 +335,6 @@ def test_eval_scores_an_earlier_checkpoint_and_the_raw_generator(gan_dir, judge_
     last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and last["eval_raw_judge_fid"] == summary["eval_raw"]["judge"]["fid"]
     assert not any(key.startswith("eval_judge") for key in last)
-    # the raw generator of step 3 differs from the EMA one of step 3
-    result = subprocess.run(command + ["--step=3"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["eval"]["step"] == 3
-    assert summary["eval"]["judge"]["fid"] != summary["eval_raw"]["judge"]["fid"]
     # a step without a checkpoint names the ones there are
     result = subprocess.run(command + ["--step=5"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env=env)
