@@ -344,6 +344,24 @@ def test_eval_scores_an_earlier_checkpoint_and_the_raw_generator(gan_dir, judge_
         "to --step")
 
 
+def test_eval_of_the_raw_generator_samples_without_the_weight_average(gan_dir, judge_dir,
+                                                                       tmp_path, monkeypatch):
+    from common_jax.checkpoint import restore_for_inference
+
+    config, state, _ = restore_for_inference(gan_dir, lambda _: dcgan, step=3)
+    assert int(state.step) == 3
+    used = []
+    generate = dcgan.generate_batches
+    monkeypatch.setattr(dcgan, "generate_batches",
+                        lambda *a, **k: used.append(k["use_ema"]) or generate(*a, **k))
+    for use_ema in (False, True):
+        dcgan.evaluate_checkpoint(config, state, str(tmp_path), num=8, use_ema=use_ema,
+                                  judge_workdir=str(judge_dir))
+    assert used and set(used[:len(used) // 2]) == {False} and set(used[len(used) // 2:]) == {True}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval_raw"]["step"] == summary["eval"]["step"] == 3
+
+
 # ------------------------------------------------------------------------------- bad input
 
 
