@@ -11,6 +11,10 @@ The fallback to XLA and the build script's refusals run everywhere.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -25,6 +29,7 @@ from common_jax import conv, onednn
 from common_jax.onednn import build
 
 DIMS = ("NHWC", "HWIO", "NHWC")
+ROOT = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not onednn.load(), reason=f"oneDNN extension: {onednn.status()}")
 
 
@@ -355,3 +360,19 @@ def test_build_without_a_compiler_or_onednn_says_so_and_builds_nothing(monkeypat
 def test_a_missing_library_is_reported_not_raised(tmp_path):
     library, why = onednn._open(tmp_path / "absent.so")
     assert library is None and "not built" in why and "absent.so" in why
+
+
+@needs_onednn
+@pytest.mark.parametrize("policy", [None, "ACTIVE"])
+def test_loading_leaves_the_openmp_wait_policy_of_the_process_as_it_was(policy):
+    # The library loads with OMP_WAIT_POLICY=PASSIVE unless the variable is set, and only while
+    # it loads: a PyTorch imported later and child processes keep their own default.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    code = ("import os; from common_jax import onednn; assert onednn.load(); "
+            "print(repr(os.environ.get('OMP_WAIT_POLICY')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert result.stdout.strip().splitlines()[-1] == repr(policy)

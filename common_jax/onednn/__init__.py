@@ -55,12 +55,20 @@ def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
     if not path.exists():
         return None, f"not built ({path} is missing; `make onednn` builds it)"
     # oneDNN's OpenMP threads sleep between calls rather than spin: XLA's own threads need the
-    # cores then. libgomp reads this when it loads, so only if nothing loaded it before.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # cores then. libgomp reads this once, when it loads (only if nothing loaded it before), so
+    # the variable is set only while the library loads: left set, it would also make a PyTorch
+    # imported later in this process (its own libgomp) and every child process sleep-wait,
+    # which slowed a small PyTorch step by 1.2-1.3x here (docs/benchmarks.md).
+    unset = "OMP_WAIT_POLICY" not in os.environ
+    if unset:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         library = ctypes.CDLL(str(path))
     except OSError as error:  # e.g. libdnnl.so removed since the build
         return None, f"cannot load {path}: {error}"
+    finally:
+        if unset:
+            del os.environ["OMP_WAIT_POLICY"]
     library.OnednnVersion.restype = ctypes.c_char_p
     return library, f"oneDNN {library.OnednnVersion().decode()} from {path}"
 
