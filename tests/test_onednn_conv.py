@@ -376,3 +376,20 @@ def test_loading_leaves_the_openmp_wait_policy_of_the_process_as_it_was(policy):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-1000:]
     assert result.stdout.strip().splitlines()[-1] == repr(policy)
+
+
+@needs_onednn
+def test_a_call_leaves_the_calling_threads_openmp_team_size_as_it_was():
+    # A PyTorch in the same process shares this libgomp (same soname) and reads the Python
+    # thread's team size: a custom call run on this thread must restore it.
+    import ctypes
+
+    libgomp = ctypes.CDLL("libgomp.so.1")  # the copy already loaded with the extension
+    libgomp.omp_set_num_threads(3)
+    x = jnp.ones((2, 8, 8, 4))
+    w = jnp.full((3, 3, 4, 8), 0.1)
+    grad = jax.jit(jax.grad(lambda w: conv.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()))
+    assert onednn.threads() != 3
+    grad(w).block_until_ready()
+    assert libgomp.omp_get_max_threads() == 3

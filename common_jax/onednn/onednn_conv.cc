@@ -266,6 +266,23 @@ int64_t BroadcastOffset(const Operand& op, const std::vector<int64_t>& out_lead,
 }
 
 // a, b: the two inputs; out: the result. Their roles depend on `kind` (see the top).
+// Sets this thread's OpenMP team size for the lifetime of the object, then restores it.
+class ThreadCount {
+ public:
+  explicit ThreadCount(int64_t threads) : previous_(omp_get_max_threads()), set_(threads > 0) {
+    if (set_) omp_set_num_threads(static_cast<int>(threads));
+  }
+  ~ThreadCount() {
+    if (set_) omp_set_num_threads(previous_);
+  }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+
+ private:
+  const int previous_;
+  const bool set_;
+};
+
 ffi::Error Run(Kind kind, ffi::AnyBuffer a_buffer, ffi::AnyBuffer b_buffer,
                ffi::AnyBuffer out_buffer, ffi::Span<const int64_t> strides,
                ffi::Span<const int64_t> padding_lo, ffi::Span<const int64_t> padding_hi,
@@ -318,7 +335,10 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a_buffer, ffi::AnyBuffer b_buffer,
   g.pad_lo = {padding_lo[0], padding_lo[1]};
   g.pad_hi = {padding_hi[0], padding_hi[1]};
   g.dilation = {dilation[0] - 1, dilation[1] - 1};
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));  // this thread's teams
+  // The thread count is an ICV of the calling thread, which may be the Python thread, and a
+  // PyTorch in the same process shares this libgomp: restore it on the way out, or PyTorch's
+  // next parallel region on that thread would run with our count.
+  const ThreadCount scoped(threads);
   try {
     const auto plan = GetPlan(g);
     const int64_t count = fold ? 1 : Product(out.lead);
