@@ -391,7 +391,10 @@ def resume_case(digits, workdir, family: str, mode: str):
     chex.assert_trees_all_equal(resumed, straight)
 
 
-@pytest.mark.parametrize("family,mode", [("dcgan", "shard_map"), ("classifier", "pmap")])
+# The pmap case (about 20 s on 2 cores) runs with `make test-slow`: pmap populations are
+# exercised on every run by the member-equals-single-run tests.
+@pytest.mark.parametrize("family,mode", [
+    ("dcgan", "shard_map"), pytest.param("classifier", "pmap", marks=pytest.mark.slow)])
 def test_a_resumed_population_equals_an_uninterrupted_one_bitwise(digits, tmp_path, family,
                                                                    mode):
     if mode == "pmap":  # in a child process, as the step's pmap cases
