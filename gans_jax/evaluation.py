@@ -311,16 +311,16 @@ def eval_name(use_ema: bool = True) -> str:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
                         sampler: Sampler, *, num: int | None = None,
                         judge_workdir: str | None = None, inception: bool | None = None,
-                        member: int | None = None, raw: bool = False) -> dict[str, Any]:
+                        member: int | None = None, use_ema: bool = True) -> dict[str, Any]:
     """`train.py eval`: scores a restored generator, arguments overriding the run's config.
 
     Writes eval_* scalars at the checkpoint's step (TensorBoard, metrics.jsonl) and the result
-    into <workdir>/summary.json under "eval", keeping the rest of the file; `raw` (the sampler
-    draws from the raw generator) files them as eval_raw_* and "eval_raw". `member` (a
-    population's member, `train.py eval --member i`) names the scalars member3/eval_* and is
-    recorded in the result.
+    into <workdir>/summary.json under "eval", keeping the rest of the file; with `use_ema`
+    False (the sampler draws from the raw generator) it files them as eval_raw_* and
+    "eval_raw". `member` (a population's member, `train.py eval --member i`) names the scalars
+    member3/eval_* and is recorded in the result.
     """
-    name = eval_name(not raw)
+    name = eval_name(use_ema)
     scorer = eval_scorer(config, num=num, judge_workdir=judge_workdir, inception=inception)
     result = {"step": step, **({"member": member} if member is not None else {}),
               **scorer.score(sampler, scorer.metrics.num_samples)}
@@ -332,11 +332,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, step: int, workdir: s
 def evaluate_population(config: ml_collections.ConfigDict, step: int, workdir: str | Path,
                         samplers: list[Sampler], spec: population.Spec, *,
                         num: int | None = None, judge_workdir: str | None = None,
-                        inception: bool | None = None, raw: bool = False) -> dict[str, Any]:
+                        inception: bool | None = None, use_ema: bool = True) -> dict[str, Any]:
     """`train.py eval` of a population: every member scored against the same reference, the
-    best by FID chosen; summary.json "eval" ("eval_raw" with `raw`) holds "members" and
+    best by FID chosen; summary.json "eval" ("eval_raw" without `use_ema`) holds "members" and
     "best"."""
-    name = eval_name(not raw)
+    name = eval_name(use_ema)
     scorer = eval_scorer(config, num=num, judge_workdir=judge_workdir, inception=inception)
     results = [scorer.score(sampler, scorer.metrics.num_samples) for sampler in samplers]
     result = {"step": step, "members": results, "best": rank(spec, results)}

@@ -396,7 +396,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, state, workdir: str, 
         return sampler
 
     options = {"num": num, "judge_workdir": judge_workdir, "inception": inception,
-               "raw": not use_ema}
+               "use_ema": use_ema}
     if isinstance(state, population.PopulationState):
         samplers = [sampler_of(m) for _, m in population.each(state)]
         return evaluation.evaluate_population(
