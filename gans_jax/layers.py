@@ -8,7 +8,10 @@ It has two exact formulations of the same function and parameters:
   even/odd column) as channel groups, then interleaves them. On XLA's CPU backend the kernel
   gradient of the input-dilated convolution is tens of times slower than that of a regular
   convolution, so this form trains several times faster there.
-"auto" picks "subpixel" on CPU and "xla" elsewhere.
+"auto" picks "subpixel" on a CPU whose convolutions are XLA's and "xla" elsewhere: with the
+oneDNN extension (`common_jax.conv`) the input-dilated form runs as oneDNN's strided backward-data
+kernel, as PyTorch's ConvTranspose2d does, and its kernel gradient is a regular one
+(docs/benchmarks.md, "The transposed convolution with oneDNN").
 
 Below it are the layer choices a GAN config can switch: `Upsample` (UPSAMPLE methods),
 `Downsample` (DOWNSAMPLE methods, optional spectral norm) and `make_norm` (NORMS).
@@ -32,13 +35,21 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 _PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
 
 
+def resolve_impl(impl: str) -> str:
+    """"auto" -> the form that trains faster on the backend a trace runs for (the module)."""
+    if impl != "auto":
+        return impl
+    if jax.default_backend() == "cpu" and not common_conv.onednn_active():
+        return "subpixel"
+    return "xla"
+
+
 def conv_transpose_4x4(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -> jax.Array:
     """x [B, H, W, Cin], kernel [4, 4, Cin, Cout] -> [B, 2H, 2W, Cout].
 
     ``kernel[kh, kw, ci, co]`` equals PyTorch's ``ConvTranspose2d.weight[ci, co, kh, kw]``.
     """
-    if impl == "auto":
-        impl = "subpixel" if jax.default_backend() == "cpu" else "xla"
+    impl = resolve_impl(impl)
     if impl == "xla":
         # conv_transpose with transpose_kernel expects [kh, kw, Cout, Cin] and flips it.
         return common_conv.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2),
@@ -97,8 +108,7 @@ def conv_transpose_3x3(x: jax.Array, kernel: jax.Array, *, impl: str = "xla") ->
     kept for 0 <= o < 2H. The dilated input is padded by k-1-p = 1 before and 1+1 after.
     `impl` as for `conv_transpose_4x4`; "xla" is the default here ("subpixel" is opt-in).
     """
-    if impl == "auto":
-        impl = "subpixel" if jax.default_backend() == "cpu" else "xla"
+    impl = resolve_impl(impl)
     if impl == "subpixel":
         return _conv_transpose_3x3_subpixel(x, kernel)
     if impl != "xla":

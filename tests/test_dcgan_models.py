@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from common_jax.errors import UserError
-from gans_jax.layers import conv_transpose_4x4
+from common_jax import onednn
+from common_jax.conv import onednn_active
+from gans_jax.layers import conv_transpose_4x4, resolve_impl
 from gans_jax.models.dcgan import Discriminator, Generator, geometry
 
 
@@ -97,6 +99,13 @@ def test_conv_transpose_forms_match_the_definition(impl):
     w = rng.randn(4, 4, 3, 4).astype(np.float32)
     got = conv_transpose_4x4(jnp.asarray(x), jnp.asarray(w), impl=impl)
     np.testing.assert_allclose(got, reference_conv_transpose(x, w), atol=1e-4)
+
+
+def test_auto_form_is_the_direct_one_with_onednn_and_sub_pixel_on_xlas_cpu_kernels(monkeypatch):
+    assert resolve_impl("subpixel") == "subpixel" and resolve_impl("xla") == "xla"
+    assert resolve_impl("auto") == ("xla" if onednn_active() else "subpixel")
+    monkeypatch.setenv(onednn.SWITCH_ENV, "0")  # XLA's CPU convolutions
+    assert resolve_impl("auto") == "subpixel"
 
 
 def test_conv_transpose_forms_have_equal_gradients():

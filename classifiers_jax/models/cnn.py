@@ -30,6 +30,7 @@ from common_jax.activations import Activation
 from common_jax.conv import Conv
 from common_jax.dropout import BatchDropout
 from common_jax.errors import UserError
+from common_jax.pooling import max_pool_2x2
 
 HEADS = ("gap", "flatten")
 
@@ -92,7 +93,7 @@ class BasicCNN(nn.Module):
         k = (self.kernel_size, self.kernel_size)
         for i, features in enumerate((self.width, 2 * self.width)):
             x = Conv(features, k, padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
             x = Activation(self.activation, name=f"act{i}")(x)
         x = x.reshape((x.shape[0], -1))
         if self.hidden:
@@ -136,7 +137,7 @@ class CNN(nn.Module):
                 if self.batch_norm:
                     x = _batch_norm(train, self.axis_name, self.dtype, f"{name}_bn")(x)
                 x = Activation(self.activation, name=f"{name}_act")(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
             x = BatchDropout(self.dropout, self.axis_name)(x, deterministic=not train)
         x = jnp.mean(x, axis=(1, 2)) if self.head == "gap" else x.reshape((x.shape[0], -1))
         if self.hidden:
@@ -177,7 +178,7 @@ class FastCIFARNet(nn.Module):
         x = norm_act(conv(x, self.stem_width or max(self.width // 2, 1), "stem"), "stem")
         for i, features in enumerate((self.width, 4 * self.width, 4 * self.width)):
             # Pooling right after the first conv halves the work of everything after it.
-            x = nn.max_pool(conv(x, features, f"block{i}_conv0"), (2, 2), strides=(2, 2))
+            x = max_pool_2x2(conv(x, features, f"block{i}_conv0"))
             x = norm_act(x, f"block{i}_0")
             x = norm_act(conv(x, features, f"block{i}_conv1"), f"block{i}_1")
         x = global_max_pool(x)

@@ -52,8 +52,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # "transpose3" is the reference's k3 s2 transposed conv; "nearest"/"bilinear" resize + conv
     # and "pixel_shuffle" are free of its checkerboard pattern (gans_jax.layers.UPSAMPLE).
     c.model.upsample = "transpose3"
-    # The transposed convs' form: "auto" is the sub-pixel one on CPU, where XLA's own ("xla")
-    # differentiates its kernel slowly (README, "The transposed convolution"); the same function.
+    # The transposed convs' form: "auto" is the sub-pixel one on a CPU without the oneDNN
+    # extension, where XLA's own ("xla") differentiates its kernel slowly, and "xla" otherwise
+    # (gans_jax.layers.resolve_impl); the same function either way.
     c.model.upsample_impl = "auto"
     c.model.g_norm = "instance"  # affine-free, as the reference; instance_affine, none
     c.model.d_norm = "instance"

@@ -31,10 +31,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.model.image_size = 48
     c.model.g_width = 32
     c.model.g_blocks = 6
-    # On XLA's CPU backend the default "transpose3" runs in its sub-pixel form
-    # (model.upsample_impl="auto"): 8.5-9.5 image pairs/s at these settings, against 6.4 for
-    # XLA's own transposed convolution ("xla"), whose kernel gradient is slow there;
+    # With XLA's CPU convolutions (no oneDNN extension) the default "transpose3" runs in its
+    # sub-pixel form (model.upsample_impl="auto"): 8.5-9.5 image pairs/s at these settings,
+    # against 6.4 for XLA's own transposed convolution, whose kernel gradient is slow there;
     # "nearest" resize + conv runs as fast as the sub-pixel form (2 CPU devices, batch 4).
+    # With the extension "auto" is the direct form, the faster one there (docs/benchmarks.md).
     c.batch_size = 4
     c.num_steps = 8000
     c.log_every = 50

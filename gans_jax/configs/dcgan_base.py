@@ -26,7 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.d_width = 64  # ndf
     # The paper's choices; each can be switched (gans_jax.layers, common_jax.activations).
     c.model.upsample = "transpose4"  # transpose3, nearest, bilinear, pixel_shuffle
-    c.model.upsample_impl = "auto"  # transpose4 as "xla" or "subpixel" (the same function)
+    c.model.upsample_impl = "auto"  # "xla" or "subpixel": same function; auto picks the faster
     c.model.downsample = "strided"  # or avg_pool
     c.model.g_norm = "batch"  # batch, instance, pixel, layer, none
     c.model.d_norm = "batch"

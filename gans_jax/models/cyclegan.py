@@ -145,7 +145,7 @@ class ResnetGenerator(nn.Module):
     width: int = 64  # ngf
     num_blocks: int = 9  # the paper: 6 at 128 px and below, 9 at 256 px
     upsample: str = "transpose3"  # gans_jax.layers.UPSAMPLE
-    # the transposed convs' form: "auto" is the sub-pixel one on CPU (gans_jax.layers)
+    # the transposed convs' form: "auto" as gans_jax.layers.resolve_impl picks it
     upsample_impl: str = "auto"
     norm: str = "instance"
     dtype: jnp.dtype = jnp.float32
