@@ -87,9 +87,9 @@ clean:
 
 # The benchmark suite (~25 min on 2 CPU cores): matmul peak, train steps of every registered
 # model side by side with their PyTorch twins (and in bfloat16, and with XLA's convolutions),
-# data-parallel scaling,
-# a profile of the DCGAN-64 step, each convolution's parts beside PyTorch's, glibc malloc beside
-# tcmalloc (the script picks each run's allocator itself), then the table.
+# data-parallel scaling, a profile of the DCGAN-64 step, each convolution's parts beside
+# PyTorch's, 2x2 max pooling both ways, glibc malloc beside tcmalloc (the script picks each
+# run's allocator itself), then the table.
 # PyTorch comes from the `bench` extra; without it the baselines are recorded as skipped.
 # `make bench BENCH_ARGS=--tiny` checks that everything runs, in a few minutes.
 BENCH_ARGS ?=
@@ -101,6 +101,7 @@ bench: venv tcmalloc onednn
 	$(RUN) -m benchmarks.scaling $(BENCH_ARGS)
 	$(RUN) -m benchmarks.profile_step $(BENCH_ARGS)
 	$(RUN) -m benchmarks.conv_layers $(BENCH_ARGS)
+	$(RUN) -m benchmarks.pooling $(BENCH_ARGS)
 	$(PY) -m benchmarks.allocator $(BENCH_ARGS)
 	$(PY) -m benchmarks.report
 	@echo "records: benchmarks/results/*.json  table: benchmarks/results/README_table.md"

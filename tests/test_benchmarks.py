@@ -175,6 +175,19 @@ def test_conv_layers_tiny_writes_each_part_per_layer(tmp_path):
         assert row["torch_ms"] is None or set(row["torch_ms"]) == set(conv_layers.PARTS)
 
 
+def test_pooling_tiny_times_both_implementations_forward_and_backward(tmp_path):
+    from benchmarks import pooling
+
+    record = pooling.main(["--tiny", "--out", str(tmp_path), "--tag", "test"])
+    saved = json.loads((tmp_path / "pooling_test.json").read_text())
+    assert saved["benchmark"] == "pooling" and saved["tiny"] is True
+    (rows,) = record["results"].values()
+    for impl in ("flax_max_pool", "max_pool_2x2"):
+        for part in ("forward", "forward+backward"):
+            assert rows[f"{impl} {part}"]["ms_per_step"] > 0
+    assert rows["speedup forward+backward"] > 0
+
+
 def test_conv_layers_forms_match_their_definition():
     """The timed XLA functions compute the layer (transposed: PyTorch's k4 s2 p1 output size)."""
     from benchmarks import conv_layers
