@@ -188,6 +188,39 @@ def test_pooling_tiny_times_both_implementations_forward_and_backward(tmp_path):
     assert rows["speedup forward+backward"] > 0
 
 
+def test_onednn_verbose_lines_of_both_formats_are_read():
+    from benchmarks.onednn_share import primitives
+
+    text = "\n".join([
+        "onednn_verbose,info,cpu,runtime:OpenMP,nthr:2",
+        "onednn_verbose,exec,cpu,convolution,jit:avx512_core,backward_weights,src_f32::blocked:"
+        "acdb::f0,attr-scratchpad:user ,alg:convolution_direct,mb64_ic3oc64_ih64oh32kh4sh2,2.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:bcda::f0,"
+        "attr-scratchpad:user,,256x512x4x4,0.25",
+        "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,exec_time",
+        "a line of the program's own output"])
+    assert primitives(text) == [("convolution jit:avx512_core backward_weights", 2.5),
+                                ("reorder jit:uni undef", 0.25)]
+
+
+def test_onednn_share_tiny_splits_each_step_at_onednn(tmp_path):
+    from benchmarks import onednn_share
+    from common_jax import onednn
+
+    record = onednn_share.main(["--tiny", "--only", "cls_mnist_basic", "--out", str(tmp_path),
+                                "--tag", "test"])
+    saved = json.loads((tmp_path / "onednn_share_test.json").read_text())
+    assert saved["benchmark"] == "onednn_share" and saved["tiny"] is True
+    entry = record["results"]["cls_mnist_basic"]
+    if not onednn.load():
+        assert "skipped" in entry["jax"]
+        return
+    jax_row = entry["jax"]
+    assert jax_row["onednn_primitives"] >= entry["onednn_custom_calls"] > 0
+    assert jax_row["onednn_ms"] > 0 and jax_row["ms_per_step"] > 0
+    assert any(kind.startswith("convolution") for kind in jax_row["onednn_ms_by_kind"])
+
+
 def test_conv_layers_forms_match_their_definition():
     """The timed XLA functions compute the layer (transposed: PyTorch's k4 s2 p1 output size)."""
     from benchmarks import conv_layers

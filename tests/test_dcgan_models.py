@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common_jax.errors import UserError
 from common_jax import onednn
 from common_jax.conv import onednn_active
+from common_jax.errors import UserError
 from gans_jax.layers import conv_transpose_4x4, resolve_impl
 from gans_jax.models.dcgan import Discriminator, Generator, geometry
 
