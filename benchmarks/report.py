@@ -18,8 +18,8 @@ from typing import Any
 
 from benchmarks import common
 
-SCRIPTS = ("peak", "train_step", "scaling", "profile_step", "conv_layers", "torch_baselines",
-           "input_pipeline", "allocator")
+SCRIPTS = ("peak", "train_step", "scaling", "profile_step", "onednn_share", "conv_layers",
+           "pooling", "torch_baselines", "input_pipeline", "allocator")
 
 
 def latest(results: Path, script: str) -> tuple[Path, dict] | None:
@@ -230,12 +230,42 @@ def allocator_section(record: dict) -> list[str]:
                          "peak memory MB"], rows)
 
 
+def onednn_share_section(record: dict) -> list[str]:
+    rows = []
+    for name, e in record.get("results", {}).items():
+        row = [f"`{name}`", _num(e.get("batch"))]
+        for who in ("jax", "torch_eager"):
+            r = e.get(who) or {}
+            row += [_num(r.get("ms_per_step")), _num(r.get("onednn_ms")),
+                    _num(r.get("outside_onednn_ms"))]
+        rows.append(row + [_num(e.get("jax_speed_vs_torch"), 2)])
+    head = ["model", "batch", "JAX ms/step", "in oneDNN", "outside", "PyTorch eager ms/step",
+            "in oneDNN", "outside", "JAX / eager (speed)"]
+    return ["One step split at oneDNN's primitives (`python -m benchmarks.onednn_share`; JAX on "
+            "one CPU device, PyTorch eager channels_last, alternating; primitive times from "
+            "oneDNN's verbose mode, mean of the verbose steps).", ""] + _table(head, rows)
+
+
+def pooling_section(record: dict) -> list[str]:
+    rows = []
+    for shape, e in record.get("results", {}).items():
+        for part in ("forward", "forward+backward"):
+            rows.append([shape, part, _num(e.get(f"flax_max_pool {part}", {}).get("ms_per_step")),
+                         _num(e.get(f"max_pool_2x2 {part}", {}).get("ms_per_step")),
+                         _num(e.get(f"speedup {part}"), 2)])
+    head = ["input", "part", "`nn.max_pool` ms", "`max_pool_2x2` ms", "speed-up"]
+    return ["2x2 max pooling with stride 2, alternating rounds (`python -m "
+            "benchmarks.pooling`).", ""] + _table(head, rows)
+
+
 SECTIONS = {
     "peak": ("Matmul peak", peak_section),
     "train_step": ("Train step: JAX and PyTorch side by side", train_step_section),
     "scaling": ("Data-parallel scaling", scaling_section),
     "profile_step": ("Where the time goes: a profile of the step", profile_section),
+    "onednn_share": ("Where the time goes: inside and outside oneDNN", onednn_share_section),
     "conv_layers": ("Where the time goes: convolutions alone", conv_layers_section),
+    "pooling": ("Max pooling alone", pooling_section),
     "torch_baselines": ("PyTorch twins alone", torch_section),
     "input_pipeline": ("Input pipeline alone", pipeline_section),
     "allocator": ("The memory allocator: glibc malloc and tcmalloc", allocator_section),
