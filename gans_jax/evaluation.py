@@ -180,7 +180,9 @@ def scorer_for(config: ml_collections.ConfigDict) -> SampleScorer | None:
 
 
 def scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The scores as TensorBoard / metrics.jsonl scalars: judge_fid, inception_fid, ..."""
+    """The scores as TensorBoard / metrics.jsonl scalars: judge_fid, inception_fid, ..., and
+    each network's generated-sample count (`inception_samples`): FID depends on it, and a run
+    resumed with more steps holds an earlier final score among its periodic ones."""
     out = {}
     if "judge" in result:
         j = result["judge"]
@@ -189,6 +191,10 @@ def scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     if "inception" in result:
         i = result["inception"]
         out.update(inception_fid=i["fid"], inception_kid=i["kid_mean"])
+    for network in ("judge", "inception"):
+        n_fake = (result.get(network, {}).get("protocol") or {}).get("n_fake")
+        if n_fake is not None:
+            out[f"{network}_samples"] = n_fake
     return {prefix + k: float(v) for k, v in out.items()}
 
 

@@ -11,7 +11,9 @@ e.g. of checkpoints saved during the run (`--step`) scored on more samples than 
 scores. The number of generated images behind
 each point comes from the run's `config.json` (`metrics.periodic_num_samples`) and, for the
 final and eval scores, from the protocol in `summary.json`; FID depends on it (fewer samples
-score higher), so the legend says it. `--x g_updates` divides the steps by the run's
+score higher), so the legend says it. A score whose row says it was made on another count
+(`inception_samples`), such as the final score of a run later resumed with more steps, joins
+the eval scores. `--x g_updates` divides the steps by the run's
 `n_critic` (D updates per G update), the unit Mimicry and StudioGAN count their steps in.
 
 The published CIFAR-10 DCGAN figures drawn by default (`PUBLISHED`; docs/dcgan.md has the
@@ -52,6 +54,7 @@ STUDIOGAN_LOG = (
     (42000, 49.03), (44000, 61.56), (46000, 90.17), (48000, 73.58), (50000, 85.87),
 )
 FID_KEY = "inception_fid"
+SAMPLES_KEY = "inception_samples"  # generated images behind a score (rows written since it was)
 RAW_PREFIX = "raw_"  # the raw generator's scores in a run with a weight average
 EVAL_KEY, RAW_EVAL_KEY = "eval_inception_fid", "eval_raw_inception_fid"  # train.py eval's
 
@@ -105,6 +108,10 @@ def protocol_n(summary: dict, key: str) -> tuple[int | None, int | None]:
     return section.get("step"), n
 
 
+def _other_count(samples: float | None, periodic_n: int | None) -> bool:
+    return samples is not None and periodic_n is not None and int(samples) != periodic_n
+
+
 def load_curve(run_dir: str | Path, label: str | None = None, *, raw: bool = False) -> Curve:
     """A run's Inception FID curve (see the module docstring): its EMA generator's, or with
     `raw` its raw generator's (`raw_` scalars, written when the run has a weight average)."""
@@ -122,16 +129,21 @@ def load_curve(run_dir: str | Path, label: str | None = None, *, raw: bool = Fal
     eval_key = RAW_EVAL_KEY if raw else EVAL_KEY
     final_step, curve.final_n = protocol_n(summary, "gan_metrics_raw" if raw else "gan_metrics")
     _, curve.eval_n = protocol_n(summary, "eval_raw" if raw else "eval")
-    evals = {}  # a checkpoint scored twice: its latest score
+    samples_key = (RAW_PREFIX if raw else "") + SAMPLES_KEY
+    evals, earlier_finals = {}, {}  # a checkpoint scored twice: its latest score
     for row in read_metrics(metrics):
         step = int(row["step"])
         if fid_key in row and step == final_step:
             curve.final = (step, float(row[fid_key]))
+        elif fid_key in row and _other_count(row.get(samples_key), curve.periodic_n):
+            # The final score of a run since resumed with more steps: full-size, not periodic.
+            earlier_finals[step] = float(row[fid_key])
+            curve.eval_n = curve.eval_n or int(row[samples_key])
         elif fid_key in row:
             curve.periodic.append((step, float(row[fid_key])))
         if eval_key in row:
             evals[step] = float(row[eval_key])
-    curve.evals = sorted(evals.items())
+    curve.evals = sorted({**earlier_finals, **evals}.items())
     return curve
 
 

@@ -359,7 +359,8 @@ def test_score_action_scores_the_ema_and_the_raw_generator_apart():
     action(state, 3, writer)
     action(state, 6, writer, final=True)
     (step, periodic), _, (_, final), (_, final_raw) = writer.scalars
-    assert step == 3 and set(periodic) == {"inception_fid", "inception_kid"}
+    assert step == 3 and set(periodic) == {"inception_fid", "inception_kid", "inception_samples"}
+    assert periodic["inception_samples"] == 4 and final["inception_samples"] == 8
     assert final["inception_fid"] == 0.0  # tanh of a zero network
     assert final_raw["raw_inception_fid"] != 0.0
     raw = np.concatenate(list(trainer.generate_batches(state, config, 8, batch_size=4,
@@ -440,6 +441,21 @@ def test_fid_curve_takes_checkpoints_scored_by_eval_for_each_generator(tmp_path)
     assert lines == ["c10 raw G: step 2000: FID 95.00 eval (10k samples)"]
     out = fid_curve.plot([ema, raw], [], tmp_path / "curve.png")
     assert out.stat().st_size > 0
+
+
+def test_fid_curve_puts_the_final_score_of_a_resumed_run_among_the_full_size_scores(tmp_path):
+    # A run stopped at 2,000 (final score on 10k samples), then resumed to 4,000: its metrics
+    # hold the 2,000-step final score among the periodic (2k) ones; the row says its count.
+    run = write_run(tmp_path / "a", [(1000, 150.0), (3000, 75.0)], final=(4000, 60.0))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2000, "inception_fid": 90.0, "inception_samples": 10000})
+                + "\n")
+        f.write(json.dumps({"step": 3000, "inception_fid": 75.5, "inception_samples": 2000})
+                + "\n")
+    curve = fid_curve.load_curve(run)
+    assert curve.periodic == [(1000, 150.0), (3000, 75.0), (3000, 75.5)]
+    assert curve.evals == [(2000, 90.0)] and curve.eval_n == 10000
+    assert curve.final == (4000, 60.0)
 
 
 def test_fid_curve_writes_a_png_with_the_published_lines(tmp_path, capsys):
