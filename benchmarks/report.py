@@ -85,9 +85,12 @@ def peak_section(record: dict) -> list[str]:
 
 
 def train_step_section(record: dict) -> list[str]:
+    from benchmarks.train_step import count_convolutions
+
     peak = record.get("xla_float32_peak", {})
     rows, notes = [], []
     for name, e in record.get("results", {}).items():
+        e = count_convolutions(json.loads(json.dumps(e)), peak.get("gflops_best"))  # older records
         j = e.get("jax", {})
         fraction = j.get("fraction_of_f32_peak")
         flops = (f"{_num(j.get('achieved_gflops'))} ({100 * fraction:.0f}%)"
@@ -106,6 +109,10 @@ def train_step_section(record: dict) -> list[str]:
             "JAX / eager", "JAX / compile"]
     out = [f"Float32 XLA matmul peak in the same run: {_num(peak.get('gflops_best'))} GFLOP/s "
            f"({peak.get('size')}², best round).", ""] + _table(head, rows)
+    if any((e.get("jax") or {}).get("onednn_custom_calls") for e in
+           record.get("results", {}).values() if isinstance(e, dict)):
+        out += ["", "GFLOP of a step whose convolutions are oneDNN custom calls are XLA's count "
+                "for the same step with its own convolutions (the custom calls carry none)."]
     if any("input" in e for e in record.get("results", {}).values()):
         out += [""] + input_section(record)
     bf16 = [[f"`{n}`", _rate(e["jax_bfloat16"]), _num(e.get("ratios", {}).get(

@@ -188,6 +188,23 @@ def test_pooling_tiny_times_both_implementations_forward_and_backward(tmp_path):
     assert rows["speedup forward+backward"] > 0
 
 
+def test_a_step_with_onednn_calls_takes_its_flops_from_its_xla_twin():
+    from benchmarks.train_step import count_convolutions
+
+    entry = {"jax": {"onednn_custom_calls": 4, "flops_per_step": 1e6, "ms_per_step": 10.0},
+             "jax_bfloat16": {"onednn_custom_calls": 4, "ms_per_step": 5.0},
+             "jax_xla_conv": {"onednn_custom_calls": 0, "flops_per_step": 2e9,
+                              "ms_per_step": 20.0}}
+    count_convolutions(entry, peak_gflops=400.0)
+    assert entry["jax"]["gflops_per_step"] == 2.0 and entry["jax"]["achieved_gflops"] == 200.0
+    assert entry["jax"]["fraction_of_f32_peak"] == 0.5
+    assert entry["jax_bfloat16"]["achieved_gflops"] == 400.0
+    assert entry["jax_xla_conv"]["flops_per_step"] == 2e9  # its own count stays
+    plain = {"jax": {"onednn_custom_calls": 0, "flops_per_step": 1e6, "ms_per_step": 10.0}}
+    assert count_convolutions(plain, 400.0)["jax"] == {
+        "onednn_custom_calls": 0, "flops_per_step": 1e6, "ms_per_step": 10.0}
+
+
 def test_onednn_verbose_lines_of_both_formats_are_read():
     from benchmarks.onednn_share import primitives
 
