@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax.activations import Activation
+from common_jax.conv import Conv
 from common_jax.errors import UserError
 from gans_jax.layers import UPSAMPLE
 from gans_jax.layers import Upsample as GanUpsample
@@ -97,7 +98,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         pad = (self.kernel - self.stride + 1) // 2  # 3x3 s1 -> 1, 4x4 s2 -> 1
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
+        x = Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                     padding=((pad, pad), (pad, pad)), use_bias=self.norm == "none")(x)
         x = Norm(self.norm, self.axis_name)(x, train=train)
         return Activation(self.activation)(x)
@@ -125,7 +126,7 @@ class Encoder(nn.Module):
         if self.latent_kind == "vector":
             return nn.Dense(self.latent_size, name="to_latent")(x.reshape(x.shape[0], -1))
         channels = self.latent_size // (x.shape[1] * x.shape[2])
-        return nn.Conv(channels, (1, 1), name="to_latent")(x)
+        return Conv(channels, (1, 1), name="to_latent")(x)
 
 
 class Decoder(nn.Module):
@@ -149,7 +150,7 @@ class Decoder(nn.Module):
             x = nn.Dense(self.side * self.side * top, name="from_latent")(z)
             x = x.reshape(z.shape[0], self.side, self.side, top)
         else:
-            x = nn.Conv(top, (1, 1), name="from_latent")(z)
+            x = Conv(top, (1, 1), name="from_latent")(z)
         x = Activation(self.activation)(x)
         for width in reversed(self.widths):
             for _ in range(self.convs_per_stage - 1):
@@ -157,7 +158,7 @@ class Decoder(nn.Module):
             x = Upsample(width, self.upsample)(x)
             x = Norm(self.norm, self.axis_name)(x, train=train)
             x = Activation(self.activation)(x)
-        x = nn.Conv(self.channels, (3, 3), padding=1, name="to_pixels")(x)
+        x = Conv(self.channels, (3, 3), padding=1, name="to_pixels")(x)
         return jnp.tanh(x)
 
 
