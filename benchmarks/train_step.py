@@ -206,7 +206,8 @@ def ratios(entry: dict[str, Any]) -> dict[str, float]:
     step with the configured convolutions over the one with XLA's."""
     jax_rate = entry.get("jax", {}).get("images_per_s")
     out = {}
-    bf16_rate = entry.get("jax_bfloat16", {}).get("images_per_s")
+    bf16 = entry.get("jax_bfloat16")
+    bf16_rate = bf16.get("images_per_s") if isinstance(bf16, dict) else None  # or a skip reason
     if jax_rate and bf16_rate:
         out["jax_bfloat16_over_jax"] = round(bf16_rate / jax_rate, 3)
     for name in ("jax_xla_conv", "torch_eager", "torch_compile"):
@@ -221,9 +222,11 @@ def measure_model(config, args, peak_gflops: float | None, log=print) -> dict[st
     step = JaxStep(config, devices=args.devices, mode=args.parallel)
     log(f"  jax compile {step.compile_s:.1f} s")
     contestants = [step.contestant()]
-    if args.bfloat16:
-        contestants.append(bfloat16_step(config, args, log).contestant("jax_bfloat16"))
     skipped: dict[str, str] = {}
+    if args.bfloat16 and "dtype" not in config.model:
+        skipped["jax_bfloat16"] = "skipped: the model has no model.dtype setting"
+    elif args.bfloat16:
+        contestants.append(bfloat16_step(config, args, log).contestant("jax_bfloat16"))
     if args.xla_conv and not step.onednn_calls:
         skipped["jax_xla_conv"] = f"skipped: no convolution runs on oneDNN ({onednn.status()})"
     elif args.xla_conv:

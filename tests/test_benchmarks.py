@@ -81,6 +81,15 @@ def test_train_step_record(records):
             assert isinstance(entry["input"]["input_bound"], bool)
 
 
+def test_bfloat16_is_skipped_for_a_model_without_a_dtype_setting(tmp_path):
+    # The autoencoder computes in float32 only: a "bfloat16" run of it would be float32 again.
+    record = train_step.main(["--tiny", "--out", str(tmp_path), "--tag", "test", "--only",
+                              "ae_cifar10", "--bfloat16", "--no-torch", "--no-input"])
+    entry = record["results"]["ae_cifar10"]
+    assert entry["jax_bfloat16"] == "skipped: the model has no model.dtype setting"
+    assert "jax_bfloat16_over_jax" not in entry["ratios"] and entry["jax"]["ms_per_step"] > 0
+
+
 def test_scaling_record(records):
     record = load(records, "scaling")
     rows = record["results"]["cls_mnist_basic"]["rows"]
