@@ -66,40 +66,33 @@ def primitives(text: str) -> list[tuple[str, float]]:
     return out
 
 
-def verbose_steps(step: Callable[[], None], switch: Callable[[bool], None], n: int) -> list:
-    """The primitives of `n` steps run with oneDNN's verbose mode on."""
+def verbose_steps(step: Callable[[], None], verbose: Callable[[], Any], n: int) -> list:
+    """The primitives of `n` steps run inside `verbose()` (a context with oneDNN's verbose
+    mode on)."""
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
-        with captured_stdout(log.name):
-            switch(True)
-            try:
-                for _ in range(n):
-                    step()
-            finally:
-                switch(False)
+        with captured_stdout(log.name), verbose():
+            for _ in range(n):
+                step()
         return primitives(open(log.name, errors="replace").read())
 
 
-def onednn_library_switch() -> Callable[[bool], None] | None:
-    """Turns the extension's oneDNN verbose mode on and off; None when no libdnnl is loaded."""
+def onednn_library_verbose() -> Callable[[], Any] | None:
+    """A context with the extension's oneDNN verbose mode on; None when no libdnnl is loaded."""
     with open("/proc/self/maps") as maps:
         paths = {line.split()[-1] for line in maps if "libdnnl.so" in line}
     if not paths:
         return None
     library = ctypes.CDLL(sorted(paths)[0])
-    return lambda on: library.dnnl_set_verbose(1 if on else 0)
 
+    @contextlib.contextmanager
+    def verbose() -> Iterator[None]:
+        library.dnnl_set_verbose(1)
+        try:
+            yield
+        finally:
+            library.dnnl_set_verbose(0)
 
-def torch_switch(torch) -> Callable[[bool], None]:
-    state: list = []
-
-    def switch(on: bool) -> None:
-        if on:
-            state.append(torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON))
-            state[-1].__enter__()
-        else:
-            state.pop().__exit__(None, None, None)
-
-    return switch
+    return verbose
 
 
 def summarise(contestant: common.Contestant, found: list[tuple[str, float]],
@@ -119,7 +112,6 @@ def summarise(contestant: common.Contestant, found: list[tuple[str, float]],
 
 
 def measure_model(config, args) -> dict[str, Any]:
-
     from common_jax import onednn
 
     jax_step = JaxStep(config, devices=1)
@@ -128,7 +120,7 @@ def measure_model(config, args) -> dict[str, Any]:
     twin = None
     if torch is not None:
         twin = torch_baselines.build_step(torch, config, torch.channels_last, compile=False)
-        contestants.append(common.Contestant("torch_eager", torch_baselines._runner(twin),
+        contestants.append(common.Contestant("torch_eager", torch_baselines.runner(twin),
                                              common.batch_size(config)))
     for c in contestants:
         common.warm_up(c, warmup=args.warmup, steps=args.steps,
@@ -136,17 +128,19 @@ def measure_model(config, args) -> dict[str, Any]:
     common.alternate(contestants, args.repeats)
     entry: dict[str, Any] = {"batch": common.batch_size(config), "jax_devices": 1,
                              "onednn_custom_calls": jax_step.onednn_calls}
-    switch = onednn_library_switch()
-    if switch is None or not jax_step.onednn_calls:
+    verbose = onednn_library_verbose()
+    if verbose is None or not jax_step.onednn_calls:
         entry["jax"] = {**common.result(contestants[0]),
                         "skipped": f"no oneDNN in the JAX step ({onednn.status()})"}
     else:
-        found = verbose_steps(lambda: jax_step.run(1), switch, args.verbose_steps)
+        found = verbose_steps(lambda: jax_step.run(1), verbose, args.verbose_steps)
         entry["jax"] = summarise(contestants[0], found, args.verbose_steps)
     if twin is None:
         entry["torch_eager"] = {"skipped": torch_baselines.NOT_INSTALLED}
     else:
-        found = verbose_steps(twin, torch_switch(torch), args.verbose_steps)
+        torch_verbose = lambda: torch.backends.mkldnn.verbose(  # noqa: E731
+            torch.backends.mkldnn.VERBOSE_ON)
+        found = verbose_steps(twin, torch_verbose, args.verbose_steps)
         entry["torch_eager"] = summarise(contestants[1], found, args.verbose_steps)
     jax_ms, torch_ms = (entry[k].get("ms_per_step") for k in ("jax", "torch_eager"))
     if jax_ms and torch_ms:

@@ -12,6 +12,7 @@ date each record states. Figures are copied from the records, never re-measured.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def train_step_section(record: dict) -> list[str]:
     peak = record.get("xla_float32_peak", {})
     rows, notes = [], []
     for name, e in record.get("results", {}).items():
-        e = count_convolutions(json.loads(json.dumps(e)), peak.get("gflops_best"))  # older records
+        e = count_convolutions(copy.deepcopy(e), peak.get("gflops_best"))  # older records too
         j = e.get("jax", {})
         fraction = j.get("fraction_of_f32_peak")
         flops = (f"{_num(j.get('achieved_gflops'))} ({100 * fraction:.0f}%)"

@@ -270,7 +270,7 @@ def build_step(torch, config, memory_format, *, compile: bool) -> Callable[[], N
 # ----------------------------------------------------------------------------- contestants
 
 
-def _runner(step: Callable[[], None]) -> Callable[[int], None]:
+def runner(step: Callable[[], None]) -> Callable[[int], None]:
     def run(n: int) -> None:
         for _ in range(n):
             step()
@@ -313,7 +313,7 @@ def contestants(config, *, compile: bool = True, channels_last: str = "auto",
         info = {"memory_format": "channels_last" if channels_last == "on" else "contiguous"}
     batch = common.batch_size(config)
     info["threads"] = torch.get_num_threads()
-    out = [common.Contestant("torch_eager", _runner(build_step(torch, config, fmt,
+    out = [common.Contestant("torch_eager", runner(build_step(torch, config, fmt,
                                                                compile=False)), batch, dict(info))]
     skipped = {}
     if compile:
@@ -324,7 +324,7 @@ def contestants(config, *, compile: bool = True, channels_last: str = "auto",
             step()  # compiles G and D (or the classifier), forward and backward
             compiled_info = {**info, "compile_s": round(time.perf_counter() - start, 2),
                              "compiled": "networks (forward and backward); optimizers eager"}
-            out.append(common.Contestant("torch_compile", _runner(step), batch, compiled_info))
+            out.append(common.Contestant("torch_compile", runner(step), batch, compiled_info))
         except Exception as e:  # noqa: BLE001 - inductor fails in many ways (no compiler, ...)
             skipped["torch_compile"] = f"failed: {common.first_line(e)}"
             log(f"  torch.compile {skipped['torch_compile']}")

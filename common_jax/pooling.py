@@ -1,11 +1,12 @@
 """2x2 max pooling with stride 2 as plain element-wise work, for XLA's CPU back end.
 
 ``nn.max_pool(x, (2, 2), strides=(2, 2))`` lowers to a ``reduce-window`` whose gradient is a
-``select-and-scatter``. XLA's CPU back end runs the first as a slow generic loop and rewrites the
-second into an iota, a variadic ``reduce-window`` and a scatter over the whole input
-(docs/benchmarks.md "Max pooling"). `max_pool_2x2` computes the same values from the four
-strided views of each window, which XLA fuses into one loop, and keeps the position of each
-window's maximum (int8, a quarter of the input's elements) for the gradient.
+``select-and-scatter``, which XLA's CPU back end rewrites into an iota, a variadic
+``reduce-window`` and a scatter over the whole input: 8-24x slower than this module's gradient
+at the classifiers' shapes (docs/benchmarks.md, "Max pooling"; the forward passes are level).
+`max_pool_2x2` computes the same values from the four strided views of each window, which XLA
+fuses into one loop, and keeps the position of each window's maximum (int8, a quarter of the
+input's elements) for the gradient.
 
 Values equal ``nn.max_pool``'s (VALID padding: an odd last row or column is dropped). The
 gradient goes to the first maximum of each window in row-major order, as ``select-and-scatter``

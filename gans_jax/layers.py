@@ -11,7 +11,7 @@ It has two exact formulations of the same function and parameters:
 "auto" picks "subpixel" on a CPU whose convolutions are XLA's and "xla" elsewhere: with the
 oneDNN extension (`common_jax.conv`) the input-dilated form runs as oneDNN's strided backward-data
 kernel, as PyTorch's ConvTranspose2d does, and its kernel gradient is a regular one
-(docs/benchmarks.md, "The transposed convolution with oneDNN").
+(docs/benchmarks.md, "The transposed convolution's form").
 
 Below it are the layer choices a GAN config can switch: `Upsample` (UPSAMPLE methods),
 `Downsample` (DOWNSAMPLE methods, optional spectral norm) and `make_norm` (NORMS).
