@@ -55,7 +55,8 @@ def plot_history(history: dict[str, list[tuple[int, float]]], names, path: str |
     for name in names:
         if history.get(name):
             steps, values = zip(*history[name], strict=True)
-            ax.plot(steps, values, label=name)
+            # A sparse series (one final evaluation) would draw no line at all: mark its points.
+            ax.plot(steps, values, label=name, marker="o" if len(steps) <= 20 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("value")
     ax.grid(alpha=0.3)
