@@ -1,6 +1,7 @@
 """ResNet50 ImageNet features for small image data sets (CIFAR-10), and a linear head on them.
 
     python -m classifiers_jax.transfer --resolution 64 128 [--out probe.json]
+    python -m classifiers_jax.transfer --resolution 128 224 --combine   # also both side by side
     python -m classifiers_jax.transfer --config classifiers_jax/configs/resnet50_cifar10.py \
         --resolution 224 --split-limit 2000      # a quick look on the first examples
 
@@ -18,8 +19,9 @@ resolution, examples, extraction time and images/s on this machine). The same .n
 `train.py features` writes, and `common_jax.linear_probe` reads it.
 
 For each resolution, the command extracts (or reuses) train and test features and fits the
-linear probe (softmax regression with optax) on the whole training split, reporting accuracy
-on the whole test split.
+linear probe (softmax regression, L-BFGS, L2 strength chosen on a held-out part of the
+training split) on the whole training split, reporting accuracy on the whole test split;
+`--combine` adds one probe on all resolutions' features side by side.
 """
 
 from __future__ import annotations
@@ -159,18 +161,21 @@ def _first(source, limit: int):
                                labels=cut(source.labels))
 
 
-def probe(config: ml_collections.ConfigDict, resolution: int, *, limit: int | None = None,
-          l2: float | str = "auto", optimizer: str = "lbfgs", val_fraction: float = 0.1
-          ) -> dict[str, Any]:
+def probe(config: ml_collections.ConfigDict, resolution: int | tuple[int, ...], *,
+          limit: int | None = None, l2: float | str = "auto", optimizer: str = "lbfgs",
+          val_fraction: float = 0.1) -> dict[str, Any]:
     """Train and test features at `resolution`, then the linear probe on them: with
     l2="auto", the L2 strength is chosen on a held-out `val_fraction` of the training split
-    (`common_jax.linear_probe.tune_linear_probe`) before the fit on the whole of it."""
+    (`common_jax.linear_probe.tune_linear_probe`) before the fit on the whole of it.
+
+    Several resolutions (a tuple) give one probe on their features side by side (2048 per
+    resolution): the same frozen network seeing each image at two scales, still one linear
+    layer on top."""
     from common_jax import linear_probe
 
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model.image_size = resolution
-    train_x, train_y, train_p = extract(config, config.data.split, limit=limit)
-    test_x, test_y, test_p = extract(config, config.data.eval_split, limit=limit)
+    resolutions = (resolution,) if isinstance(resolution, int) else tuple(resolution)
+    train_x, train_y, train_p = _features_at(config, config.data.split, resolutions, limit)
+    test_x, test_y, test_p = _features_at(config, config.data.eval_split, resolutions, limit)
     num_classes = int(config.model.num_classes)
     if l2 == "auto":
         result = linear_probe.tune_linear_probe(train_x, train_y, test_x, test_y,
@@ -180,9 +185,29 @@ def probe(config: ml_collections.ConfigDict, resolution: int, *, limit: int | No
         result = linear_probe.fit_linear_probe(train_x, train_y, test_x, test_y,
                                                num_classes=num_classes, optimizer=optimizer,
                                                l2=float(l2))
-    return {"resolution": resolution, "test_accuracy": result["test_accuracy"],
+    name = resolutions[0] if len(resolutions) == 1 else "+".join(map(str, resolutions))
+    return {"resolution": name, "test_accuracy": result["test_accuracy"],
             "train_accuracy": result["train_accuracy"], "probe": result,
             "train_features": train_p, "test_features": test_p}
+
+
+def _features_at(config, split: str, resolutions: tuple[int, ...], limit: int | None):
+    """(features of every resolution side by side, labels, protocol or list of protocols)."""
+    from common_jax.errors import UserError
+
+    parts = []
+    for resolution in resolutions:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.image_size = resolution
+        parts.append(extract(config, split, limit=limit))
+    labels = parts[0][1]
+    for _, other, _ in parts[1:]:
+        if not np.array_equal(other, labels):  # the loader's order is fixed; a cache is not
+            raise UserError(f"{split} features of {resolutions} px list their examples in "
+                             "different orders; delete the feature cache and extract again")
+    features = np.concatenate([p[0] for p in parts], axis=1)
+    protocols = [p[2] for p in parts]
+    return features, labels, protocols[0] if len(protocols) == 1 else protocols
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -202,6 +227,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "minibatches, the probe's former setting")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="the part of the training split held out to choose the L2 strength")
+    parser.add_argument("--combine", action="store_true", help="also one probe on the "
+                        "features of all --resolution values side by side")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -233,13 +260,16 @@ def main(argv=None) -> int:
         parallel.use_cpu_cores(())  # one CPU device per core: the forward is split over them
         config = load_config(args.config)
         results = []
-        for resolution in args.resolution:
+        runs: list = list(args.resolution)
+        if args.combine and len(args.resolution) > 1:
+            runs.append(tuple(args.resolution))
+        for resolution in runs:
             result = probe(config, resolution, limit=args.split_limit, l2=args.l2,
                            optimizer=args.optimizer, val_fraction=args.val_fraction)
-            print(f"{resolution:4d} px: linear probe test accuracy "
+            print(f"{result['resolution']:>4} px: linear probe test accuracy "
                   f"{result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}, "
-                  f"l2 {result['probe']['settings']['l2']:g}); "
-                  f"features {result['train_features']['images_per_s']} images/s")
+                  f"l2 {result['probe']['settings']['l2']:g}, "
+                  f"{result['probe']['feature_dim']} features)")
             results.append(result)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

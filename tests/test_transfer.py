@@ -179,3 +179,13 @@ def test_features_command_hook_without_a_run_uses_the_pretrained_weights(
     c.model.arch = "cnn"
     with pytest.raises(UserError, match="ResNet50's pooled features.*'cnn'"):
         classifier.extract_features(c, str(tmp_path / "run"), "test")
+
+
+def test_probe_on_two_resolutions_side_by_side(images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    single = transfer.probe(config_for(images, weights), 32, l2=1e-3)
+    both = transfer.probe(config_for(images, weights), (32, 48), l2=1e-3)
+    assert both["resolution"] == "32+48" and both["probe"]["feature_dim"] == 2 * 2048
+    assert single["probe"]["feature_dim"] == 2048
+    assert [p["resolution"] for p in both["train_features"]] == [32, 48]
+    assert both["probe"]["num_train"] == single["probe"]["num_train"] == 12
