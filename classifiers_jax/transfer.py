@@ -2,6 +2,7 @@
 
     python -m classifiers_jax.transfer --resolution 64 128 [--out probe.json]
     python -m classifiers_jax.transfer --resolution 128 224 --combine   # also both side by side
+    python -m classifiers_jax.transfer --resolution 128 --blocks stage4_5   # + stage 4's output
     python -m classifiers_jax.transfer --config classifiers_jax/configs/resnet50_cifar10.py \
         --resolution 224 --split-limit 2000      # a quick look on the first examples
 
@@ -62,13 +63,17 @@ def data_name(config: ml_collections.ConfigDict) -> str:
 
 
 def cache_path(sha256: str, data: str, split: str, resolution: int,
-               limit: int | None = None, preprocess: str = "caffe") -> Path:
+               limit: int | None = None, preprocess: str = "caffe",
+               blocks: tuple[str, ...] = ()) -> Path:
     """The cache file of one feature set. Everything that changes the features is in the
     name: the weights, data, split, resolution, and the input preprocessing when it is not
-    the Keras weights' own "caffe" (files made before that was named are all "caffe")."""
+    the Keras weights' own "caffe" (files made before that was named are all "caffe"), and the
+    blocks whose pooled outputs follow the final features."""
     part = f"-first{limit}" if limit else ""
     mode = "" if preprocess == "caffe" else f"-{preprocess}"
-    return cache_root() / f"resnet50-{sha256[:12]}-{data}-{split}{part}-{resolution}px{mode}.npz"
+    extra = "".join(f"-{b}" for b in blocks)
+    return (cache_root()
+            / f"resnet50-{sha256[:12]}-{data}-{split}{part}-{resolution}px{mode}{extra}.npz")
 
 
 def save_features(path: Path, features: np.ndarray, labels: np.ndarray,
@@ -85,19 +90,48 @@ def load_features(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         return data["features"], data["labels"], json.loads(str(data["protocol"]))
 
 
-def feature_function(model, dp):
-    """Pooled features of a batch, per device: the frozen network in inference mode."""
-    def fn(variables, batch):
-        return model.apply(variables, batch["image"], train=False, features_only=True)
+def block_names() -> list[str]:
+    """The ResNet50's residual blocks by module name: stage2_0 ... stage5_2."""
+    from classifiers_jax.models.resnet import STAGES
 
-    return dp.forward(fn, key=("resnet50-features", model))
+    return [f"stage{stage}_{i}" for stage, _, blocks in STAGES for i in range(blocks)]
+
+
+def check_blocks(blocks) -> tuple[str, ...]:
+    from common_jax.errors import UserError
+
+    names = block_names()
+    for block in blocks:
+        if block not in names:
+            raise UserError(f"no ResNet50 block '{block}'; name the last block of a stage "
+                            f"(stage2_2, stage3_3, stage4_5) or any of {names[0]} ... {names[-1]}")
+    return tuple(blocks)
+
+
+def feature_function(model, dp, blocks: tuple[str, ...] = ()):
+    """Pooled features of a batch, per device: the frozen network in inference mode. With
+    `blocks`, each named block's output, average-pooled, follows the final 2048 features."""
+    import jax.numpy as jnp
+
+    def fn(variables, batch):
+        if not blocks:
+            return model.apply(variables, batch["image"], train=False, features_only=True)
+        features, state = model.apply(
+            variables, batch["image"], train=False, features_only=True,
+            capture_intermediates=lambda module, _: module.name in blocks,
+            mutable=["intermediates"])
+        found = state["intermediates"]
+        pooled = [jnp.mean(found[b]["__call__"][0], axis=(1, 2)) for b in blocks]
+        return jnp.concatenate([features, *pooled], axis=-1)
+
+    return dp.forward(fn, key=("resnet50-features", model, blocks))
 
 
 def split_features(model, variables, config: ml_collections.ConfigDict, split: str, *,
-                   limit: int | None = None, batch_size: int = FEATURE_BATCH
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(pooled features [N, 2048], labels [N], timing) of a whole split through `model`
-    (a ResNet50) in inference mode, at config.model.image_size."""
+                   limit: int | None = None, batch_size: int = FEATURE_BATCH,
+                   blocks: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(pooled features [N, 2048 + the blocks' widths], labels [N], timing) of a whole split
+    through `model` (a ResNet50) in inference mode, at config.model.image_size."""
     import jax
 
     from common_jax import data as data_lib
@@ -107,7 +141,7 @@ def split_features(model, variables, config: ml_collections.ConfigDict, split: s
     if limit:
         source = _first(source, limit)
     dp = DataParallel("shard_map", jax.local_devices())
-    forward = feature_function(model, dp)
+    forward = feature_function(model, dp, blocks)
     params = dp.put_replicated(jax.tree.map(np.asarray, variables))
     batches = data_lib.make_eval_iterator(source, batch_size=dp.round_up(batch_size),
                                           image_size=int(config.model.image_size), channels=3)
@@ -125,27 +159,32 @@ def split_features(model, variables, config: ml_collections.ConfigDict, split: s
 
 
 def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None = None,
-            batch_size: int = FEATURE_BATCH) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(features [N, 2048], labels [N], protocol) of the pretrained backbone on a whole split
-    at config.model.image_size, from the cache when they were computed before."""
+            batch_size: int = FEATURE_BATCH, blocks: tuple[str, ...] = ()
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(features [N, 2048 + ...], labels [N], protocol) of the pretrained backbone on a whole
+    split at config.model.image_size, with the pooled outputs of `blocks` after the final
+    features; from the cache when they were computed before."""
     from classifiers_jax import resnet_weights
 
     resolution = int(config.model.image_size)
     preprocess = config.model.get("preprocess", "caffe")
     variables, meta = resnet_weights.load_resnet50(config.model.get("weights") or None)
-    path = cache_path(meta["sha256"], data_name(config), split, resolution, limit, preprocess)
+    blocks = check_blocks(blocks)
+    path = cache_path(meta["sha256"], data_name(config), split, resolution, limit, preprocess,
+                      blocks)
     if path.is_file():
         log.info("features from the cache: %s", path)
         return load_features(path)
 
     model = resnet_weights.model_for(meta, preprocess=preprocess)
     features, labels, timing = split_features(model, variables, config, split, limit=limit,
-                                              batch_size=batch_size)
+                                              batch_size=batch_size, blocks=blocks)
     protocol = {"network": "resnet50", "weights": meta["path"], "weights_sha256": meta["sha256"],
                 "layout": meta["layout"], "data": data_name(config), "split": split,
                 "examples": int(len(labels)), "resolution": resolution, "preprocess": preprocess,
                 "resize": "bilinear (antialiased when shrinking), centre square crop",
-                "batch_norm": "inference (ImageNet running statistics)", **timing}
+                "batch_norm": "inference (ImageNet running statistics)",
+                "features": ["pooled final (2048)", *(f"pooled {b}" for b in blocks)], **timing}
     save_features(path, features, labels, protocol)
     log.info("%s %s at %d px: %d examples in %.0f s (%.1f images/s) -> %s", data_name(config),
              split, resolution, len(labels), timing["seconds"], timing["images_per_s"], path)
@@ -163,19 +202,21 @@ def _first(source, limit: int):
 
 def probe(config: ml_collections.ConfigDict, resolution: int | tuple[int, ...], *,
           limit: int | None = None, l2: float | str = "auto", optimizer: str = "lbfgs",
-          val_fraction: float = 0.1) -> dict[str, Any]:
+          val_fraction: float = 0.1, blocks: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train and test features at `resolution`, then the linear probe on them: with
     l2="auto", the L2 strength is chosen on a held-out `val_fraction` of the training split
     (`common_jax.linear_probe.tune_linear_probe`) before the fit on the whole of it.
 
     Several resolutions (a tuple) give one probe on their features side by side (2048 per
     resolution): the same frozen network seeing each image at two scales, still one linear
-    layer on top."""
+    layer on top. `blocks` adds those blocks' pooled outputs at every resolution."""
     from common_jax import linear_probe
 
     resolutions = (resolution,) if isinstance(resolution, int) else tuple(resolution)
-    train_x, train_y, train_p = _features_at(config, config.data.split, resolutions, limit)
-    test_x, test_y, test_p = _features_at(config, config.data.eval_split, resolutions, limit)
+    train_x, train_y, train_p = _features_at(config, config.data.split, resolutions, limit,
+                                             blocks)
+    test_x, test_y, test_p = _features_at(config, config.data.eval_split, resolutions, limit,
+                                          blocks)
     num_classes = int(config.model.num_classes)
     if l2 == "auto":
         result = linear_probe.tune_linear_probe(train_x, train_y, test_x, test_y,
@@ -186,12 +227,13 @@ def probe(config: ml_collections.ConfigDict, resolution: int | tuple[int, ...], 
                                                num_classes=num_classes, optimizer=optimizer,
                                                l2=float(l2))
     name = resolutions[0] if len(resolutions) == 1 else "+".join(map(str, resolutions))
-    return {"resolution": name, "test_accuracy": result["test_accuracy"],
+    return {"resolution": name, "blocks": list(blocks), "test_accuracy": result["test_accuracy"],
             "train_accuracy": result["train_accuracy"], "probe": result,
             "train_features": train_p, "test_features": test_p}
 
 
-def _features_at(config, split: str, resolutions: tuple[int, ...], limit: int | None):
+def _features_at(config, split: str, resolutions: tuple[int, ...], limit: int | None,
+                 blocks: tuple[str, ...] = ()):
     """(features of every resolution side by side, labels, protocol or list of protocols)."""
     from common_jax.errors import UserError
 
@@ -199,7 +241,7 @@ def _features_at(config, split: str, resolutions: tuple[int, ...], limit: int | 
     for resolution in resolutions:
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.image_size = resolution
-        parts.append(extract(config, split, limit=limit))
+        parts.append(extract(config, split, limit=limit, blocks=blocks))
     labels = parts[0][1]
     for _, other, _ in parts[1:]:
         if not np.array_equal(other, labels):  # the loader's order is fixed; a cache is not
@@ -227,6 +269,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "minibatches, the probe's former setting")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="the part of the training split held out to choose the L2 strength")
+    parser.add_argument("--blocks", nargs="+", default=[], metavar="BLOCK", help="also the "
+                        "average-pooled outputs of these residual blocks (e.g. stage4_5, the "
+                        "last of stage 4), after the final 2048 features")
     parser.add_argument("--combine", action="store_true", help="also one probe on the "
                         "features of all --resolution values side by side")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -265,8 +310,10 @@ def main(argv=None) -> int:
             runs.append(tuple(args.resolution))
         for resolution in runs:
             result = probe(config, resolution, limit=args.split_limit, l2=args.l2,
-                           optimizer=args.optimizer, val_fraction=args.val_fraction)
-            print(f"{result['resolution']:>4} px: linear probe test accuracy "
+                           optimizer=args.optimizer, val_fraction=args.val_fraction,
+                           blocks=tuple(args.blocks))
+            extra = "".join(f" + {b}" for b in args.blocks)
+            print(f"{result['resolution']:>4} px{extra}: linear probe test accuracy "
                   f"{result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}, "
                   f"l2 {result['probe']['settings']['l2']:g}, "
                   f"{result['probe']['feature_dim']} features)")

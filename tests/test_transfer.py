@@ -189,3 +189,19 @@ def test_probe_on_two_resolutions_side_by_side(images, weights, tmp_path, monkey
     assert single["probe"]["feature_dim"] == 2048
     assert [p["resolution"] for p in both["train_features"]] == [32, 48]
     assert both["probe"]["num_train"] == single["probe"]["num_train"] == 12
+
+
+def test_block_outputs_follow_the_final_features(images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    c = config_for(images, weights)
+    plain, labels, _ = transfer.extract(c, "test", batch_size=8)
+    more, more_labels, protocol = transfer.extract(c, "test", batch_size=8,
+                                                   blocks=("stage4_5", "stage3_3"))
+    assert more.shape == (10, 2048 + 1024 + 512)
+    np.testing.assert_allclose(more[:, :2048], plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(more_labels, labels)
+    assert protocol["features"] == ["pooled final (2048)", "pooled stage4_5", "pooled stage3_3"]
+    names = sorted(p.name for p in (tmp_path / "features").glob("*.npz"))
+    assert any(n.endswith("-test-32px-stage4_5-stage3_3.npz") for n in names)
+    with pytest.raises(UserError, match="no ResNet50 block 'stage4_6'"):
+        transfer.extract(c, "test", blocks=("stage4_6",))
