@@ -8,6 +8,15 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            " --xla_cpu_collective_call_terminate_timeout_seconds=1800").strip()
+# XLA's CPU client runs every device's share of a multi-device program on a pool of
+# max(cores, devices) threads, and a share first waits on its device's limit of 32 queued
+# programs. When a device has 32 one-device programs queued behind a running collective (say,
+# small ops on a shard of the last step's output) and the next collective program is dispatched,
+# seven of its shares can fill the pool waiting in the all-reduce while the eighth holds the last
+# thread waiting for its device's queue, which has no thread left to run on: a deadlock, seen
+# here under load (tests/test_cpu_collectives.py reproduces it; with 8 threads it hangs, with
+# 16 it does not). Twice the devices' threads leaves room for the queue; `PJRT_NPROC` sets it.
+os.environ.setdefault("PJRT_NPROC", "16")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
