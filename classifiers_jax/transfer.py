@@ -3,6 +3,7 @@
     python -m classifiers_jax.transfer --resolution 64 128 [--out probe.json]
     python -m classifiers_jax.transfer --resolution 128 224 --combine   # also both side by side
     python -m classifiers_jax.transfer --resolution 128 --blocks stage4_5   # + stage 4's output
+    python -m classifiers_jax.transfer --resolution 128 --blocks stage4_5:2x2   # by quadrant
     python -m classifiers_jax.transfer --config classifiers_jax/configs/resnet50_cifar10.py \
         --resolution 224 --split-limit 2000      # a quick look on the first examples
 
@@ -71,7 +72,7 @@ def cache_path(sha256: str, data: str, split: str, resolution: int,
     blocks whose pooled outputs follow the final features."""
     part = f"-first{limit}" if limit else ""
     mode = "" if preprocess == "caffe" else f"-{preprocess}"
-    extra = "".join(f"-{b}" for b in blocks)
+    extra = "".join(f"-{b.replace(':', '-')}" for b in blocks)
     return (cache_root()
             / f"resnet50-{sha256[:12]}-{data}-{split}{part}-{resolution}px{mode}{extra}.npz")
 
@@ -97,31 +98,72 @@ def block_names() -> list[str]:
     return [f"stage{stage}_{i}" for stage, _, blocks in STAGES for i in range(blocks)]
 
 
+MAX_GRID = 4  # regions per side of a block's pooling grid (--blocks stage4_5:2x2)
+
+
+def parse_block(spec: str) -> tuple[str, int]:
+    """A --blocks entry -> (block name, grid): 'stage4_5' pools the block's whole map (grid 1),
+    'stage4_5:2x2' pools each of a 2 x 2 grid of regions, which keeps where in the image a
+    feature fired (frozen stage-4 maps are 8 x 8 at 128 px)."""
+    from common_jax.errors import UserError
+
+    name, _, grid = spec.partition(":")
+    if not grid:
+        return name, 1
+    rows, _, cols = grid.partition("x")
+    if not (rows.isdigit() and rows == cols and 1 <= int(rows) <= MAX_GRID):
+        raise UserError(f"block '{spec}': give a square grid of regions after the name, "
+                        f"NxN with N from 1 to {MAX_GRID}, e.g. {name}:2x2")
+    return name, int(rows)
+
+
 def check_blocks(blocks) -> tuple[str, ...]:
     from common_jax.errors import UserError
 
     names = block_names()
     for block in blocks:
-        if block not in names:
-            raise UserError(f"no ResNet50 block '{block}'; name the last block of a stage "
+        name, _ = parse_block(block)
+        if name not in names:
+            raise UserError(f"no ResNet50 block '{name}'; name the last block of a stage "
                             f"(stage2_2, stage3_3, stage4_5) or any of {names[0]} ... {names[-1]}")
     return tuple(blocks)
 
 
+def grid_pool(maps, grid: int):
+    """[B, H, W, C] -> [B, grid * grid * C]: the mean of each of grid x grid regions, row by
+    row (region i spans rows floor(i H / grid) to ceil((i + 1) H / grid), as adaptive average
+    pooling does); grid 1 is global average pooling."""
+    import jax.numpy as jnp
+
+    height, width = maps.shape[1:3]
+    edges = lambda size, i: (i * size // grid, -(-(i + 1) * size // grid))  # noqa: E731
+    regions = []
+    for i in range(grid):
+        top, bottom = edges(height, i)
+        for j in range(grid):
+            left, right = edges(width, j)
+            regions.append(jnp.mean(maps[:, top:bottom, left:right], axis=(1, 2)))
+    return jnp.concatenate(regions, axis=-1)
+
+
 def feature_function(model, dp, blocks: tuple[str, ...] = ()):
     """Pooled features of a batch, per device: the frozen network in inference mode. With
-    `blocks`, each named block's output, average-pooled, follows the final 2048 features."""
+    `blocks`, each named block's output, average-pooled (over the whole map, or over each
+    region of the grid its spec names), follows the final 2048 features."""
     import jax.numpy as jnp
+
+    specs = [parse_block(b) for b in blocks]
+    wanted = {name for name, _ in specs}
 
     def fn(variables, batch):
         if not blocks:
             return model.apply(variables, batch["image"], train=False, features_only=True)
         features, state = model.apply(
             variables, batch["image"], train=False, features_only=True,
-            capture_intermediates=lambda module, _: module.name in blocks,
+            capture_intermediates=lambda module, _: module.name in wanted,
             mutable=["intermediates"])
         found = state["intermediates"]
-        pooled = [jnp.mean(found[b]["__call__"][0], axis=(1, 2)) for b in blocks]
+        pooled = [grid_pool(found[name]["__call__"][0], grid) for name, grid in specs]
         return jnp.concatenate([features, *pooled], axis=-1)
 
     return dp.forward(fn, key=("resnet50-features", model, blocks))
@@ -184,11 +226,16 @@ def extract(config: ml_collections.ConfigDict, split: str, *, limit: int | None 
                 "examples": int(len(labels)), "resolution": resolution, "preprocess": preprocess,
                 "resize": "bilinear (antialiased when shrinking), centre square crop",
                 "batch_norm": "inference (ImageNet running statistics)",
-                "features": ["pooled final (2048)", *(f"pooled {b}" for b in blocks)], **timing}
+                "features": ["pooled final (2048)", *map(describe_block, blocks)], **timing}
     save_features(path, features, labels, protocol)
     log.info("%s %s at %d px: %d examples in %.0f s (%.1f images/s) -> %s", data_name(config),
              split, resolution, len(labels), timing["seconds"], timing["images_per_s"], path)
     return features, labels, protocol
+
+
+def describe_block(spec: str) -> str:
+    name, grid = parse_block(spec)
+    return f"pooled {name}" if grid == 1 else f"pooled {name} over a {grid}x{grid} grid"
 
 
 def _first(source, limit: int):
@@ -271,7 +318,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the part of the training split held out to choose the L2 strength")
     parser.add_argument("--blocks", nargs="+", default=[], metavar="BLOCK", help="also the "
                         "average-pooled outputs of these residual blocks (e.g. stage4_5, the "
-                        "last of stage 4), after the final 2048 features")
+                        "last of stage 4), after the final 2048 features; BLOCK:2x2 pools "
+                        "each region of a 2 x 2 grid instead of the whole map")
     parser.add_argument("--combine", action="store_true", help="also one probe on the "
                         "features of all --resolution values side by side")
     parser.add_argument("--out", default=None, help="write the results as JSON here")

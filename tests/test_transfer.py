@@ -205,3 +205,33 @@ def test_block_outputs_follow_the_final_features(images, weights, tmp_path, monk
     assert any(n.endswith("-test-32px-stage4_5-stage3_3.npz") for n in names)
     with pytest.raises(UserError, match="no ResNet50 block 'stage4_6'"):
         transfer.extract(c, "test", blocks=("stage4_6",))
+
+
+def test_grid_pool_takes_the_mean_of_each_region():
+    maps = np.random.default_rng(0).normal(size=(2, 5, 4, 3)).astype(np.float32)
+    pooled = np.asarray(transfer.grid_pool(jnp.asarray(maps), 2))
+    # regions as adaptive average pooling takes them: rows 0-2 and 2-5 of 5, columns 0-2, 2-4
+    expected = [maps[:, r0:r1, c0:c1].mean(axis=(1, 2))
+                for r0, r1 in ((0, 3), (2, 5)) for c0, c1 in ((0, 2), (2, 4))]
+    np.testing.assert_allclose(pooled, np.concatenate(expected, -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(transfer.grid_pool(jnp.asarray(maps), 1)),
+                               maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_block_pooled_over_a_grid(images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    c = config_for(images, weights)
+    c.model.image_size = 64  # stage 4's map is 4 x 4, so a 2 x 2 grid has equal regions
+    whole, _, _ = transfer.extract(c, "test", batch_size=8, blocks=("stage4_5",))
+    grid, _, protocol = transfer.extract(c, "test", batch_size=8, blocks=("stage4_5:2x2",))
+    assert grid.shape == (10, 2048 + 4 * 1024)
+    np.testing.assert_allclose(grid[:, :2048], whole[:, :2048], rtol=1e-5, atol=1e-5)
+    # the mean of the four equal regions' means is the whole map's mean
+    regions = grid[:, 2048:].reshape(10, 4, 1024)
+    np.testing.assert_allclose(regions.mean(axis=1), whole[:, 2048:], rtol=1e-4, atol=1e-5)
+    assert protocol["features"][1] == "pooled stage4_5 over a 2x2 grid"
+    names = [p.name for p in (tmp_path / "features").glob("*.npz")]
+    assert any(n.endswith("-test-64px-stage4_5-2x2.npz") for n in names)
+    for bad in ("stage4_5:2x3", "stage4_5:9x9", "stage4_5:two"):
+        with pytest.raises(UserError, match="square grid of regions.*stage4_5:2x2"):
+            transfer.extract(c, "test", blocks=(bad,))
