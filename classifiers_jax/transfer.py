@@ -121,12 +121,14 @@ def check_blocks(blocks) -> tuple[str, ...]:
     from common_jax.errors import UserError
 
     names = block_names()
+    canonical = []
     for block in blocks:
-        name, _ = parse_block(block)
+        name, grid = parse_block(block)
         if name not in names:
             raise UserError(f"no ResNet50 block '{name}'; name the last block of a stage "
                             f"(stage2_2, stage3_3, stage4_5) or any of {names[0]} ... {names[-1]}")
-    return tuple(blocks)
+        canonical.append(name if grid == 1 else f"{name}:{grid}x{grid}")  # 1x1 is the plain name
+    return tuple(canonical)
 
 
 def grid_pool(maps, grid: int):
