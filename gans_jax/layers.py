@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax import conv as common_conv
+from common_jax.batch_norm import BatchNorm
 from common_jax.errors import UserError
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -288,7 +289,7 @@ def make_norm(kind: str, *, train: bool, axis_name: str | None,
     """
     _check_choice("normalisation", kind, NORMS)
     if kind == "batch":
-        return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        return functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, scale_init=bn_scale_init, axis_name=axis_name,
                                  dtype=dtype)
     if kind == "instance":

@@ -197,6 +197,22 @@ def test_pooling_tiny_times_both_implementations_forward_and_backward(tmp_path):
     assert rows["speedup forward+backward"] > 0
 
 
+def test_batch_norm_tiny_times_both_implementations_on_every_device(tmp_path):
+    import jax
+
+    from benchmarks import batch_norm
+
+    record = batch_norm.main(["--tiny", "--out", str(tmp_path), "--tag", "test"])
+    saved = json.loads((tmp_path / "batch_norm_test.json").read_text())
+    assert saved["benchmark"] == "batch_norm" and saved["tiny"] is True
+    (rows,) = record["results"].values()
+    for impl in batch_norm.IMPLS:
+        assert "error" not in rows[impl]
+        assert rows[impl]["ms_per_step"] > 0
+        assert rows[impl]["devices"] == len(jax.local_devices())
+    assert rows["speedup"] > 0
+
+
 def test_a_step_with_onednn_calls_takes_its_flops_from_its_xla_twin():
     from benchmarks.train_step import count_convolutions
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax.activations import Activation
+from common_jax.batch_norm import BatchNorm
 from common_jax.conv import Conv
 from common_jax.errors import UserError
 from gans_jax.layers import UPSAMPLE
@@ -74,8 +75,8 @@ class Norm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                axis_name=self.axis_name)(x)
+            return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             axis_name=self.axis_name)(x)
         if self.kind == "layer":
             return nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1))(x)
         if self.kind == "group":

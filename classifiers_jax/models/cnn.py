@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from common_jax.activations import Activation
+from common_jax.batch_norm import BatchNorm
 from common_jax.conv import Conv
 from common_jax.dropout import BatchDropout
 from common_jax.errors import UserError
@@ -67,10 +68,10 @@ def global_max_pool(x: jax.Array) -> jax.Array:
 
 
 def _batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str,
-                momentum: float = 0.9) -> nn.BatchNorm:
+                momentum: float = 0.9) -> BatchNorm:
     # axis_name: statistics of the global batch, so N devices match one device.
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
-                        axis_name=axis_name if train else None, dtype=dtype, name=name)
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                     axis_name=axis_name if train else None, dtype=dtype, name=name)
 
 
 class BasicCNN(nn.Module):

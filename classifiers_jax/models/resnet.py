@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common_jax.batch_norm import BatchNorm
 from common_jax.conv import Conv
 from common_jax.errors import UserError
 
@@ -87,11 +88,11 @@ class _Layers(nn.Module):
         return Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad),) * 2,
                     use_bias=self.layout == "keras", dtype=self.dtype, name=name)
 
-    def norm(self, name: str) -> nn.BatchNorm:
-        return nn.BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum,
-                            epsilon=self.bn_epsilon or (1e-3 if self.layout == "keras" else 1e-5),
-                            axis_name=self.axis_name if self.train else None,
-                            dtype=self.dtype, name=name)
+    def norm(self, name: str) -> BatchNorm:
+        return BatchNorm(use_running_average=not self.train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon or (1e-3 if self.layout == "keras" else 1e-5),
+                         axis_name=self.axis_name if self.train else None,
+                         dtype=self.dtype, name=name)
 
 
 class _Bottleneck(_Layers):
