@@ -447,3 +447,21 @@ def test_train_step_tiny_runs_the_cyclegan_beside_its_twin(tmp_path):
     assert params == {k: torch_models.count_parameters(net) for k, net in twins.items()}
     assert TIMED_KEYS <= set(entry["torch_eager"])
     assert entry["ratios"]["jax_over_torch_eager"] > 0
+
+
+def test_a_scoring_gan_step_builds_without_the_fid_weights(tmp_path, monkeypatch):
+    """dcgan_cifar10 scores samples with FID while training; its benchmark step builds on a
+    machine without the Inception weights (an empty cache here), where the config as trained
+    would stop for them."""
+    from common_jax.errors import UserError
+    from gans_jax import evaluation
+    from gans_jax.configs import dcgan_cifar10
+
+    monkeypatch.setenv("COMMON_JAX_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="make fid-weights"):
+        evaluation.scorer_for(dcgan_cifar10.get_config())
+    config = common.load_config(common.REGISTRY["dcgan_cifar10"])
+    assert config.metrics.inception is False and config.metrics.judge_workdir == ""
+    step = train_step.JaxStep(config)
+    step.run(1)
+    assert step.params
