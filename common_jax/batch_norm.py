@@ -10,8 +10,8 @@ one for the per-channel sums of dy and dy * x_hat and one for dx:
     dx = scale / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat))
 
 (means over every position of the batch, across devices when `axis_name` is set, as the
-statistics are). On the CPU this makes batch norm + activation, forward and backward, about
-an eighth faster at the classifiers' shapes (`python -m benchmarks.batch_norm`).
+statistics are). On the CPU this runs batch norm + GELU, forward and backward, 1.15-1.31x
+as fast as flax's at the CIFAR-10 and DCGAN shapes (`python -m benchmarks.batch_norm`).
 
 Statistics are float32 whatever the input's dtype; the variance is E[x^2] - E[x]^2, clipped
 at 0, as flax's default computes it. Being a `jax.custom_vjp` function, the training-mode
