@@ -13,8 +13,6 @@ benchmarks/results/batch_norm_<tag>.json.
 
 from __future__ import annotations
 
-import argparse
-
 from benchmarks import common
 
 # Batch-norm inputs at the configs' global batch sizes: the CIFAR-10 fast network's (batch 512)
@@ -74,25 +72,12 @@ def contestants(shape: tuple[int, ...]) -> list[common.Contestant]:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per contestant")
-    parser.add_argument("--round-seconds", type=float, default=0.5)
-    common.add_common_args(parser)
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = common.operation_args(__doc__, argv, repeats=5)
     record = common.header("batch_norm", args)
     record["results"] = {}
-    for label, shape in (TINY_SHAPES if args.tiny else SHAPES).items():
-        found = contestants(shape)
-        for c in found:
-            common.warm_up(c, warmup=1, steps=0, round_seconds=args.round_seconds,
-                           max_steps=100)
-        common.alternate(found, 2 if args.tiny else args.repeats)
-        rows = {c.name: common.result(c) for c in found}
+    shapes = TINY_SHAPES if args.tiny else SHAPES
+    for label, rows in common.time_per_shape(shapes, contestants, args):
         ms = [rows[impl].get("ms_per_step") for impl in IMPLS]
         if None not in ms:
             rows["speedup"] = round(ms[0] / ms[1], 2)

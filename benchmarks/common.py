@@ -7,6 +7,7 @@ the number of host devices before JAX starts (see `force_host_devices`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import importlib.util
@@ -18,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,28 @@ def alternate(contestants: list[Contestant], repeats: int, log: Callable[[str], 
             except Exception as e:  # noqa: BLE001 - a failing contestant must not stop the rest
                 c.error = f"failed in round {r + 1}: {first_line(e)}"
                 log(f"  {c.name}: {c.error}")
+
+
+def time_per_shape(shapes: dict[str, tuple[int, ...]],
+                   make_contestants: Callable[[tuple[int, ...]], list[Contestant]],
+                   args: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """For the operation benchmarks: each shape's contestants warmed up once (the call that
+    compiles), then timed in alternating rounds; yields (label, {contestant name: entry})."""
+    for label, shape in shapes.items():
+        found = make_contestants(shape)
+        for c in found:
+            warm_up(c, warmup=1, steps=0, round_seconds=args.round_seconds, max_steps=100)
+        alternate(found, 2 if args.tiny else args.repeats)
+        yield label, {c.name: result(c) for c in found}
+
+
+def operation_args(doc: str, argv=None, repeats: int = 3):
+    """The operation benchmarks' command line: rounds, seconds per round, the common flags."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds per contestant")
+    parser.add_argument("--round-seconds", type=float, default=0.5)
+    add_common_args(parser)
+    return parser.parse_args(argv)
 
 
 def summary(seconds: list[float], images_per_step: int) -> dict[str, Any]:
