@@ -56,11 +56,13 @@ class JaxStep:
         self.dp.check_batch_size(common.batch_size(config))
         trainer = importlib.import_module(config.trainer)
         task = trainer.make_task(config)
-        self.state = self.dp.put_state(task.create_state())
+        self.state = self.dp.put_state(task.create_state())  # waits for the copies
         self.params = param_counts(self.state, self.dp)
         # The last stage: the only one of most tasks; a growing GAN's final resolution.
         stage = task.stages[-1]
-        self.batch = self.dp.put_batch(synthetic_batch(config, tuple(stage.streams)))
+        # Ready before the first step, like the state (DataParallel.put_state says why).
+        self.batch = jax.block_until_ready(
+            self.dp.put_batch(synthetic_batch(config, tuple(stage.streams))))
         start = time.perf_counter()
         step = stage.train_step
         self.compiled = self.dp.compile(step).lower(self.state, self.batch).compile()

@@ -272,12 +272,20 @@ class DataParallel:
         return jax.jit(sharded, donate_argnums=donate_argnums)
 
     def put_state(self, state: Any) -> Any:
-        """Replicates a state (host arrays, or arrays on one device) in `compile`'s layout."""
+        """Replicates a state (host arrays, or arrays on one device) in `compile`'s layout.
+
+        Returns once every copy is in place. A step dispatched while the copies were still
+        queued sometimes deadlocked on CPU devices with the oneDNN convolutions: one device's
+        share of the step waited for a free slot among that device's in-flight computations
+        while the other's waited for it in the step's first all-reduce, until XLA aborted the
+        process after 40 s (docs/benchmarks.md, "A deadlock on the first step").
+        """
         if self.mode == "pmap":  # a leading axis of one copy per local device
             n = len(self.local_devices)
-            return jax.tree.map(
-                lambda x: jax.device_put(np.broadcast_to(x, (n, *np.shape(x))), self.split), state)
-        return self.put_replicated(state)
+            return jax.block_until_ready(jax.tree.map(
+                lambda x: jax.device_put(np.broadcast_to(x, (n, *np.shape(x))), self.split),
+                state))
+        return jax.block_until_ready(self.put_replicated(state))
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Places this process's slice of the global batch, split along the batch axis."""

@@ -14,7 +14,7 @@ import pytest
 
 from common_jax import parallel
 from common_jax.errors import UserError
-from common_jax.parallel import AXIS, DataParallel
+from common_jax.parallel import AXIS, MODES, DataParallel
 
 EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": "1"}
@@ -141,6 +141,18 @@ def test_pmap_local_state_and_batch_share():
     assert state["w"].shape == (4, 3)
     assert dp.local_state(state)["w"].shape == (3,)
     assert dp.check_batch_size(16) == 16  # one process holds the whole batch
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_put_state_returns_once_every_copy_is_in_place(mode):
+    """A first step dispatched behind queued copies could deadlock on CPU devices, so the
+    copies are waited for; the state here is still being computed when it is handed over."""
+    dp = DataParallel(mode, jax.devices()[:2])
+    x = jnp.ones((768, 768))
+    for _ in range(12):  # dispatched asynchronously, a few hundred ms of work in all
+        x = (x @ x) / 768.0
+    state = dp.put_state({"w": x, "step": jnp.zeros((), jnp.int32)})
+    assert all(leaf.is_ready() for leaf in jax.tree.leaves(state))
 
 
 def test_batch_share_and_padding():
