@@ -320,6 +320,8 @@ def header(script: str, args: Any) -> dict[str, Any]:
     """The fields every record starts with."""
     import jax
 
+    from common_jax import onednn
+
     devices = jax.devices()
     torch = import_torch()
     return {
@@ -338,6 +340,8 @@ def header(script: str, args: Any) -> dict[str, Any]:
                                                "OMP_WAIT_POLICY", "JAX_PLATFORMS", "LD_PRELOAD")},
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "tag")},
         "tiny": bool(getattr(args, "tiny", False)),
+        # Which oneDNN computed the convolutions, if any (version and library path).
+        "onednn": onednn.status(),
     }
 
 

@@ -36,6 +36,8 @@ def load(folder, script):
     assert HEADER_KEYS <= set(record), HEADER_KEYS - set(record)
     assert record["benchmark"] == script and record["tiny"] is True
     assert {"jax", "jaxlib", "flax", "torch"} <= set(record["versions"])
+    # Which oneDNN ran the convolutions: its version when the extension is loaded.
+    assert record["onednn"].startswith("oneDNN 3.") == onednn_active()
     return record
 
 
