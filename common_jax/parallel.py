@@ -282,10 +282,11 @@ class DataParallel:
         """
         if self.mode == "pmap":  # a leading axis of one copy per local device
             n = len(self.local_devices)
-            return jax.block_until_ready(jax.tree.map(
-                lambda x: jax.device_put(np.broadcast_to(x, (n, *np.shape(x))), self.split),
-                state))
-        return jax.block_until_ready(self.put_replicated(state))
+            placed = jax.tree.map(
+                lambda x: jax.device_put(np.broadcast_to(x, (n, *np.shape(x))), self.split), state)
+        else:
+            placed = self.put_replicated(state)
+        return jax.block_until_ready(placed)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Places this process's slice of the global batch, split along the batch axis."""
