@@ -276,6 +276,43 @@ def test_conv_layers_forms_match_their_definition():
         assert y.shape == (layer.batch, layer.out_size, layer.out_size, layer.cout)
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_matrices_compute_a_two_tap_correlation(m):
+    from benchmarks import conv_forms
+
+    bt, g, at = conv_forms.winograd_matrices(m)
+    rng = np.random.default_rng(m)
+    d, k = rng.standard_normal(m + 1), rng.standard_normal(2)
+    np.testing.assert_allclose(at @ ((g @ k) * (bt @ d)), np.correlate(d, k, "valid"),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_conv_forms_compute_the_k4_s2_convolution_and_its_gradients():
+    """Every timed form gives lax's values and both gradients (8x8 -> 4x4, so F(4, 2) fits)."""
+    from benchmarks import conv_forms
+
+    x, k, dy = conv_forms.layer_data((2, 8, 3, 5))
+    want = conv_forms.part_functions(conv_forms.forms()["xla"])
+    for name, form in conv_forms.forms().items():
+        got = conv_forms.part_functions(form)
+        for part in conv_forms.PARTS:
+            np.testing.assert_allclose(got[part](x, k, dy), want[part](x, k, dy), rtol=1e-4,
+                                       atol=1e-4, err_msg=f"{name} {part}")
+
+
+def test_conv_forms_tiny_times_every_form_and_part(tmp_path):
+    from benchmarks import conv_forms
+
+    record = conv_forms.main(["--tiny", "--out", str(tmp_path), "--tag", "test"])
+    saved = json.loads((tmp_path / "conv_forms_test.json").read_text())
+    assert saved["benchmark"] == "conv_forms" and saved["tiny"] is True
+    rows = record["results"]["tiny 8->4 (4->8)"]
+    for form in ("xla", "winograd_f2", "winograd_f4", "im2col"):
+        for part in conv_forms.PARTS:
+            assert rows[f"{form} {part}"]["ms_per_step"] > 0
+    assert rows["winograd_f2_products forward"]["ms_per_step"] > 0
+
+
 def test_profile_step_tiny_attributes_time_to_the_models_operations(tmp_path):
     from benchmarks import profile_step
 
