@@ -222,6 +222,25 @@ def run_steps(config, mode: str, num_devices: int, num_steps: int):
     return jax.device_get(dp.get_state(state)), history
 
 
+def assert_close_to_leaf_scale(got, want, rtol=1e-4, scale_atol=1e-3):
+    """Every leaf within rtol of `want` plus scale_atol of the leaf's largest value.
+
+    Eight devices sum the gradients in another order than one, and over three GAN steps Adam
+    turns that float32 noise into whole learning-rate steps wherever a gradient is near zero.
+    With XLA's convolutions or oneDNN's (measured on an Intel Xeon) the two states differ by up
+    to 1.2e-4 of a leaf's largest value; a fixed atol of 1e-5 failed on Adam's first moments.
+    A real fault (a shard left out of a mean, a pool swapped differently) moves whole leaves.
+    """
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
+                            strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.size == 0 or not np.issubdtype(b.dtype, np.floating):
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+            continue
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=scale_atol * np.abs(b).max(),
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])
 def test_eight_devices_compute_what_one_device_computes_pool_included(domains, mode):
     # Pool of 6 and global batches of 8: full within the first step, swapping afterwards.
@@ -235,7 +254,7 @@ def test_eight_devices_compute_what_one_device_computes_pool_included(domains, m
             np.testing.assert_allclose(eight_metrics[key], value, rtol=1e-4, atol=1e-5,
                                        err_msg=key)
     assert int(eight.pool_a.count) == int(eight.pool_b.count) == 6
-    chex.assert_trees_all_close(eight, one, rtol=1e-4, atol=1e-5)
+    assert_close_to_leaf_scale(eight, one)
     # the pools really hold fakes (not zeros) and the step changed every network
     assert np.all(np.abs(eight.pool_b.images).mean(axis=(1, 2, 3)) > 0)
     fresh = cyclegan.create_state(config)
