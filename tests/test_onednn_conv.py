@@ -393,3 +393,20 @@ def test_a_call_leaves_the_calling_threads_openmp_team_size_as_it_was():
     assert onednn.threads() != 3
     grad(w).block_until_ready()
     assert libgomp.omp_get_max_threads() == 3
+
+
+@needs_onednn
+def test_one_geometry_under_two_thread_counts_in_one_process(monkeypatch):
+    # oneDNN splits a primitive's work for the threads it is told of when the primitive is
+    # built, so primitives are kept per thread count: both counts must give the same values.
+    case = pick("dcgan64 D 32->16")[0]
+    x, w = inputs(case)
+    _, ours = both(case)
+    results = []
+    for count in ("1", "2"):
+        monkeypatch.setenv(onednn.THREADS_ENV, count)
+        grad = jax.jit(jax.grad(loss_of(ours), (0, 1)))  # traced anew: the count is an attribute
+        assert f"threads = {count}" in grad.lower(x, w).as_text()
+        results.append(grad(x, w))
+    for one, two in zip(*results):
+        assert_close(one, two)

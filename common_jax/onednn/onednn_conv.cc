@@ -18,7 +18,7 @@
 // oneDNN reads and writes the NHWC activations where XLA keeps them; only the kernel is
 // reordered to (or from) the blocked layout oneDNN's kernels choose, in per-thread scratch
 // memory. Building a primitive JIT-compiles code (milliseconds), so primitives are built once
-// per geometry and kept for the life of the process.
+// per geometry and thread count and kept for the life of the process.
 
 #include <omp.h>
 
@@ -54,18 +54,20 @@ dnnl::engine& Engine() {
 // ---------------------------------------------------------------------------------------------
 // Primitives, built once per geometry
 
-// Everything a primitive depends on: part, dtype, the three shapes and the window.
-using Key = std::array<int64_t, 22>;
+// Everything a primitive depends on: part, dtype, threads, the three shapes and the window.
+// (oneDNN splits a primitive's work for the thread count it is built with.)
+using Key = std::array<int64_t, 23>;
 
 struct Geometry {
   Kind kind;
   dt type;
+  int64_t threads;
   dims src, weights, dst;  // (N, C, H, W), oneDNN's logical order; (O, I, H, W) for weights
   dims strides, pad_lo, pad_hi, dilation;  // dilation in oneDNN's convention (0 = none)
 
   Key key() const {
-    Key k{kind, static_cast<int64_t>(type)};
-    int i = 2;
+    Key k{kind, static_cast<int64_t>(type), threads};
+    int i = 3;
     for (const dims* d : {&src, &weights, &dst, &strides, &pad_lo, &pad_hi, &dilation}) {
       for (int64_t v : *d) k[i++] = v;
     }
@@ -269,18 +271,15 @@ int64_t BroadcastOffset(const Operand& op, const std::vector<int64_t>& out_lead,
 // Sets this thread's OpenMP team size for the lifetime of the object, then restores it.
 class ThreadCount {
  public:
-  explicit ThreadCount(int64_t threads) : previous_(omp_get_max_threads()), set_(threads > 0) {
-    if (set_) omp_set_num_threads(static_cast<int>(threads));
+  explicit ThreadCount(int64_t threads) : previous_(omp_get_max_threads()) {
+    omp_set_num_threads(static_cast<int>(threads));
   }
-  ~ThreadCount() {
-    if (set_) omp_set_num_threads(previous_);
-  }
+  ~ThreadCount() { omp_set_num_threads(previous_); }
   ThreadCount(const ThreadCount&) = delete;
   ThreadCount& operator=(const ThreadCount&) = delete;
 
  private:
   const int previous_;
-  const bool set_;
 };
 
 ffi::Error Run(Kind kind, ffi::AnyBuffer a_buffer, ffi::AnyBuffer b_buffer,
@@ -335,10 +334,11 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer a_buffer, ffi::AnyBuffer b_buffer,
   g.pad_lo = {padding_lo[0], padding_lo[1]};
   g.pad_hi = {padding_hi[0], padding_hi[1]};
   g.dilation = {dilation[0] - 1, dilation[1] - 1};
+  g.threads = threads > 0 ? threads : omp_get_max_threads();
   // The thread count is an ICV of the calling thread, which may be the Python thread, and a
   // PyTorch in the same process shares this libgomp: restore it on the way out, or PyTorch's
   // next parallel region on that thread would run with our count.
-  const ThreadCount scoped(threads);
+  const ThreadCount scoped(g.threads);
   try {
     const auto plan = GetPlan(g);
     const int64_t count = fold ? 1 : Product(out.lead);
