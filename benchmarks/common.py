@@ -166,6 +166,8 @@ class Contestant:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     steps: int = 0  # steps per timed round (set by `warm_up`)
     seconds: list[float] = dataclasses.field(default_factory=list)  # s/step, one per round
+    # The process's CPU time (every thread, user and system) per step, one per round.
+    cpu_seconds: list[float] = dataclasses.field(default_factory=list)
     error: str | None = None
 
 
@@ -197,7 +199,9 @@ def alternate(contestants: list[Contestant], repeats: int, log: Callable[[str], 
             if c.error:
                 continue
             try:
+                cpu = time.process_time()
                 c.seconds.append(timed(lambda c=c: c.run(c.steps)) / c.steps)
+                c.cpu_seconds.append((time.process_time() - cpu) / c.steps)
             except Exception as e:  # noqa: BLE001 - a failing contestant must not stop the rest
                 c.error = f"failed in round {r + 1}: {first_line(e)}"
                 log(f"  {c.name}: {c.error}")
@@ -238,9 +242,20 @@ def summary(seconds: list[float], images_per_step: int) -> dict[str, Any]:
             "rounds": len(seconds)}
 
 
+def cpu_usage(seconds: list[float], cpu_seconds: list[float]) -> dict[str, float]:
+    """The process's CPU time per step and the cores it kept busy on average (CPU time over
+    wall time). Threads that spin while they wait count as busy: a contestant that keeps fewer
+    cores busy than it has leaves time on the table; one that keeps them all busy and is still
+    slower does more work, or wastes it spinning."""
+    return {"cpu_ms_per_step": round(1000 * statistics.mean(cpu_seconds), 3),
+            "cores_busy": round(sum(cpu_seconds) / sum(seconds), 3)}
+
+
 def result(c: Contestant) -> dict[str, Any]:
     """A contestant's record entry: its settings, figures and any error."""
     out = {**c.info, "steps_per_round": c.steps, **summary(c.seconds, c.images_per_step)}
+    if c.cpu_seconds:
+        out.update(cpu_usage(c.seconds, c.cpu_seconds))
     if c.error:
         out["error"] = c.error
     return out

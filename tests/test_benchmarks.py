@@ -4,6 +4,7 @@ models' parameter counts. No timing is asserted: the figures depend on the machi
 
 import importlib
 import json
+import os
 
 import jax
 import numpy as np
@@ -58,6 +59,9 @@ def test_train_step_record(records):
     for name, entry in record["results"].items():
         jax_result = entry["jax"]
         assert TIMED_KEYS <= set(jax_result)
+        # CPU time over wall time: some work was done, on no more cores than the machine has.
+        assert jax_result["cpu_ms_per_step"] > 0
+        assert 0 < jax_result["cores_busy"] <= os.cpu_count() + 0.05
         assert jax_result["flops_per_step"] > 0 and jax_result["fraction_of_f32_peak"] > 0
         assert jax_result["compile_s"] > 0 and "xla_memory" in jax_result
         assert set(jax_result["params"]) == ({"g", "d"} if name.startswith("dcgan") else {"net"})
@@ -504,3 +508,8 @@ def test_a_scoring_gan_step_builds_without_the_fid_weights(tmp_path, monkeypatch
     step = train_step.JaxStep(config)
     step.run(1)
     assert step.params
+
+
+def test_cpu_usage_is_cpu_time_over_wall_time():
+    usage = common.cpu_usage([0.1, 0.3], [0.2, 0.4])
+    assert usage == {"cpu_ms_per_step": 300.0, "cores_busy": 1.5}
