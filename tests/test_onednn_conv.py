@@ -408,5 +408,5 @@ def test_one_geometry_under_two_thread_counts_in_one_process(monkeypatch):
         grad = jax.jit(jax.grad(loss_of(ours), (0, 1)))  # traced anew: the count is an attribute
         assert f"threads = {count}" in grad.lower(x, w).as_text()
         results.append(grad(x, w))
-    for one, two in zip(*results):
+    for one, two in zip(*results, strict=True):
         assert_close(one, two)
