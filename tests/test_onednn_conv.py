@@ -410,3 +410,13 @@ def test_one_geometry_under_two_thread_counts_in_one_process(monkeypatch):
         results.append(grad(x, w))
     for one, two in zip(*results, strict=True):
         assert_close(one, two)
+
+
+def test_a_thread_count_that_is_not_a_number_is_a_user_error(monkeypatch):
+    from common_jax.errors import UserError
+
+    monkeypatch.setenv(onednn.THREADS_ENV, "two")
+    with pytest.raises(UserError, match="whole number of threads"):
+        onednn.threads()
+    monkeypatch.setenv(onednn.THREADS_ENV, "3")
+    assert onednn.threads() == 3

@@ -28,6 +28,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from common_jax.errors import UserError
+
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 LIBRARY_ENV = "COMMON_JAX_ONEDNN_LIB"  # a library built elsewhere
 SWITCH_ENV = "COMMON_JAX_ONEDNN"  # "0" / "off": never use the extension
@@ -102,7 +104,11 @@ def threads() -> int:
     """oneDNN's threads per call: the cores this process may use, shared out among the CPU
     devices, which run their programs at the same time (one device per core in train.py)."""
     if os.environ.get(THREADS_ENV):
-        return max(1, int(os.environ[THREADS_ENV]))
+        try:
+            return max(1, int(os.environ[THREADS_ENV]))
+        except ValueError:
+            raise UserError(f"{THREADS_ENV}={os.environ[THREADS_ENV]!r}: set it to a whole number "
+                            "of threads, or unset it (cores / devices)") from None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(1, jax.local_device_count("cpu")))
 
