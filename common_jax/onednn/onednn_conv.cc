@@ -52,7 +52,7 @@ dnnl::engine& Engine() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Primitives, built once per geometry
+// Primitives, built once per geometry and thread count
 
 // Everything a primitive depends on: part, dtype, threads, the three shapes and the window.
 // (oneDNN splits a primitive's work for the thread count it is built with.)
