@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks import common, torch_baselines
 from benchmarks.train_step import JaxStep
@@ -49,9 +49,26 @@ def captured_stdout(path: str) -> Iterator[None]:
             os.close(saved)
 
 
-def primitives(text: str) -> list[tuple[str, float]]:
-    """(kind, ms) of each executed primitive in oneDNN verbose output, either line format:
-    "onednn_verbose,[v1,primitive,]exec,cpu,<primitive>,<impl>,<prop>,...,<ms>"."""
+class Primitive(NamedTuple):
+    """One executed primitive: "<primitive> <implementation> <propagation>", the problem it
+    solved (oneDNN's descriptor, e.g. "mb64_ic256oc512_ih8oh4kh4sh2dh0ph1_iw8ow4kw4sw2dw0pw1",
+    or a reorder's dimensions) and its time."""
+
+    kind: str
+    problem: str
+    ms: float
+
+    @property
+    def operation(self) -> str:
+        """Primitive, propagation and problem without the implementation: what was computed,
+        whichever kernel computed it (to line up two libraries' calls)."""
+        primitive, _, prop = self.kind.split(" ")
+        return f"{primitive} {prop} {self.problem}"
+
+
+def primitives(text: str) -> list[Primitive]:
+    """Each executed primitive in oneDNN verbose output, either line format:
+    "onednn_verbose,[v1,primitive,]exec,cpu,<primitive>,<impl>,<prop>,...,<problem>,<ms>"."""
     out = []
     for line in text.splitlines():
         fields = line.strip().split(",")
@@ -62,7 +79,7 @@ def primitives(text: str) -> list[tuple[str, float]]:
             ms = float(fields[-1])
         except ValueError:
             continue
-        out.append((" ".join(fields[at + 2:at + 5]), ms))
+        out.append(Primitive(" ".join(fields[at + 2:at + 5]), fields[-2].strip(), ms))
     return out
 
 
@@ -95,17 +112,28 @@ def onednn_library_verbose() -> Callable[[], Any] | None:
     return verbose
 
 
-def summarise(contestant: common.Contestant, found: list[tuple[str, float]],
+def per_step(found: list[Primitive], key: Callable[[Primitive], str],
+             steps: int) -> dict[str, dict[str, float]]:
+    """{key: {"ms", "calls"}} per step, the largest time first."""
+    ms: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter = collections.Counter()
+    for p in found:
+        ms[key(p)] += p.ms / steps
+        calls[key(p)] += 1
+    return {k: {"ms": round(v, 2), "calls": round(calls[k] / steps, 2)}
+            for k, v in sorted(ms.items(), key=lambda kv: -kv[1])}
+
+
+def summarise(contestant: common.Contestant, found: list[Primitive],
               steps: int) -> dict[str, Any]:
-    """The timed figures, and the verbose steps' primitives per step."""
-    by_kind: dict[str, float] = collections.defaultdict(float)
-    for kind, ms in found:
-        by_kind[kind] += ms / steps
+    """The timed figures, and the verbose steps' primitives per step: by kind (implementation
+    included) and by operation (the problem solved, implementation left out)."""
     row = common.result(contestant)
-    inside = sum(ms for _, ms in found) / steps
+    inside = sum(p.ms for p in found) / steps
+    by_kind = per_step(found, lambda p: p.kind, steps)
     row.update({"onednn_ms": round(inside, 2), "onednn_primitives": len(found) // steps,
-                "onednn_ms_by_kind": {k: round(v, 2) for k, v in
-                                      sorted(by_kind.items(), key=lambda kv: -kv[1])}})
+                "onednn_ms_by_kind": {k: v["ms"] for k, v in by_kind.items()},
+                "onednn_by_operation": per_step(found, lambda p: p.operation, steps)})
     if row.get("ms_per_step"):
         row["outside_onednn_ms"] = round(row["ms_per_step"] - inside, 2)
     return row

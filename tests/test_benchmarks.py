@@ -247,8 +247,23 @@ def test_onednn_verbose_lines_of_both_formats_are_read():
         "attr-scratchpad:user,,256x512x4x4,0.25",
         "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,exec_time",
         "a line of the program's own output"])
-    assert primitives(text) == [("convolution jit:avx512_core backward_weights", 2.5),
-                                ("reorder jit:uni undef", 0.25)]
+    found = primitives(text)
+    assert [(p.kind, p.problem, p.ms) for p in found] == [
+        ("convolution jit:avx512_core backward_weights", "mb64_ic3oc64_ih64oh32kh4sh2", 2.5),
+        ("reorder jit:uni undef", "256x512x4x4", 0.25)]
+    assert found[0].operation == "convolution backward_weights mb64_ic3oc64_ih64oh32kh4sh2"
+
+
+def test_onednn_time_is_summed_per_operation_across_implementations():
+    from benchmarks.onednn_share import Primitive, per_step
+
+    found = [Primitive("convolution jit:avx512_core forward_training", "mb2_ic3", 1.0),
+             Primitive("convolution brgconv:avx512_core forward_training", "mb2_ic3", 3.0),
+             Primitive("reorder jit:uni undef", "4x4", 0.5)]
+    by_operation = per_step(found, lambda p: p.operation, steps=2)
+    assert by_operation == {"convolution forward_training mb2_ic3": {"ms": 2.0, "calls": 1.0},
+                            "reorder undef 4x4": {"ms": 0.25, "calls": 0.5}}
+    assert list(by_operation) == ["convolution forward_training mb2_ic3", "reorder undef 4x4"]
 
 
 def test_onednn_share_tiny_splits_each_step_at_onednn(tmp_path):
@@ -267,6 +282,9 @@ def test_onednn_share_tiny_splits_each_step_at_onednn(tmp_path):
     assert jax_row["onednn_primitives"] >= entry["onednn_custom_calls"] > 0
     assert jax_row["onednn_ms"] > 0 and jax_row["ms_per_step"] > 0
     assert any(kind.startswith("convolution") for kind in jax_row["onednn_ms_by_kind"])
+    by_operation = jax_row["onednn_by_operation"]
+    assert sum(v["calls"] for v in by_operation.values()) == jax_row["onednn_primitives"]
+    assert any(op.startswith("convolution forward_training mb") for op in by_operation)
 
 
 def test_conv_layers_forms_match_their_definition():
