@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from common_jax import conv, onednn
+from common_jax.errors import UserError
 from common_jax.onednn import build
 
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -357,9 +358,28 @@ def test_build_without_a_compiler_or_onednn_says_so_and_builds_nothing(monkeypat
     assert not output.exists()
 
 
-def test_a_missing_library_is_reported_not_raised(tmp_path):
+def test_a_missing_library_is_reported_not_raised(tmp_path, monkeypatch):
+    monkeypatch.delenv(onednn.LIBRARY_ENV, raising=False)
     library, why = onednn._open(tmp_path / "absent.so")
     assert library is None and "not built" in why and "absent.so" in why
+    # a library named by the variable: the variable is what to fix, not `make onednn`
+    monkeypatch.setenv(onednn.LIBRARY_ENV, str(tmp_path / "absent.so"))
+    library, why = onednn._open(onednn.library_path())
+    assert library is None and f"{onednn.LIBRARY_ENV}=" in why and "make onednn" not in why
+    not_a_library = tmp_path / "notes.txt"
+    not_a_library.write_text("not a shared object")
+    library, why = onednn._open(not_a_library)
+    assert library is None and why.startswith("not loadable (") and "notes.txt" in why
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "disable"])
+def test_a_switch_value_that_is_not_understood_is_a_user_error(monkeypatch, value):
+    monkeypatch.setenv(onednn.SWITCH_ENV, value)
+    with pytest.raises(UserError, match=f"{onednn.SWITCH_ENV}='{value}' is not understood"):
+        onednn.load()
+    for accepted in ("0", "off", "1", "On", ""):
+        monkeypatch.setenv(onednn.SWITCH_ENV, accepted)
+        assert onednn.switched_off() == (accepted in ("0", "off"))
 
 
 @needs_onednn
@@ -413,8 +433,6 @@ def test_one_geometry_under_two_thread_counts_in_one_process(monkeypatch):
 
 
 def test_a_thread_count_that_is_not_a_number_is_a_user_error(monkeypatch):
-    from common_jax.errors import UserError
-
     monkeypatch.setenv(onednn.THREADS_ENV, "two")
     with pytest.raises(UserError, match="whole number of threads"):
         onednn.threads()

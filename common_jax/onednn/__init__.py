@@ -6,7 +6,7 @@ oneDNN". This package holds a small C++ library (onednn_conv.cc, built by `make 
 ``python -m common_jax.onednn.build``) with three XLA FFI handlers, and their Python side:
 
 - `load()` loads the library once and registers its handlers for the CPU platform; False (and
-  `status()` says why) when it is not built, cannot load, or is switched off with
+  `status()` says why) when it is not built, does not load, or is switched off with
   ``COMMON_JAX_ONEDNN=0``.
 - `forward`, `backward_data`, `backward_weights`: one ``jax.ffi.ffi_call`` each, on NHWC
   activations and HWIO kernels (float32 or bfloat16), with explicit non-negative padding. They
@@ -32,11 +32,11 @@ from common_jax.errors import UserError
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 LIBRARY_ENV = "COMMON_JAX_ONEDNN_LIB"  # a library built elsewhere
-SWITCH_ENV = "COMMON_JAX_ONEDNN"  # "0" / "off": never use the extension
+SWITCH_ENV = "COMMON_JAX_ONEDNN"  # "0" / "off": never use the extension; "1" / unset: use it
 THREADS_ENV = "COMMON_JAX_ONEDNN_THREADS"  # oneDNN threads per call; default: cores / devices
 _TARGETS = {"forward": "OnednnConvForward", "backward_data": "OnednnConvBackwardData",
             "backward_weights": "OnednnConvBackwardWeights"}
-_OFF = ("0", "off", "false", "no")
+_ON, _OFF = ("", "1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 _status = "not loaded yet"
 
@@ -49,12 +49,20 @@ def library_path() -> Path:
 
 
 def switched_off() -> bool:
-    return os.environ.get(SWITCH_ENV, "").strip().lower() in _OFF
+    choice = os.environ.get(SWITCH_ENV, "").strip().lower()
+    if choice not in _ON + _OFF:  # a typo must not decide silently which kernels run
+        raise UserError(f"{SWITCH_ENV}={os.environ[SWITCH_ENV]!r} is not understood; set it to "
+                        "0 (XLA's convolutions) or 1 (oneDNN's, the default), or unset it")
+    return choice in _OFF
 
 
 def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
     """The library at `path` and a line about it, or None and why not."""
     if not path.exists():
+        if os.environ.get(LIBRARY_ENV):
+            return None, (f"not found ({LIBRARY_ENV}={path} names no file; point it at a library "
+                          "built by `python -m common_jax.onednn.build --output <file>`, or "
+                          "unset it)")
         return None, f"not built ({path} is missing; `make onednn` builds it)"
     # oneDNN's OpenMP threads sleep between calls rather than spin: XLA's own threads need the
     # cores then. libgomp reads this once, when it loads (only if nothing loaded it before), so
@@ -67,7 +75,7 @@ def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
     try:
         library = ctypes.CDLL(str(path))
     except OSError as error:  # e.g. libdnnl.so removed since the build
-        return None, f"cannot load {path}: {error}"
+        return None, f"not loadable ({path}: {error})"
     finally:
         if unset:
             del os.environ["OMP_WAIT_POLICY"]
