@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from common_jax.errors import UserError
 
@@ -67,6 +69,21 @@ def _elu(alpha: float = 1.0):
 
 
 # name -> factory; the factory's keyword arguments are the activation's options.
+def gelu(x: jax.Array) -> jax.Array:
+    """The exact GELU, x * Phi(x), as 0.5 x (1 + erf(x / sqrt 2)): PyTorch's formula.
+
+    ``jax.nn.gelu(approximate=False)`` computes Phi through erfc, which XLA's CPU back end
+    expands into a select between two approximations, one of them with an exponential, and
+    splits over several passes over the activations; erf is one polynomial, fused into one
+    pass (forward 2.5x as fast on a CIFAR-sized activation, docs/benchmarks.md). The two agree
+    to about one float32 ulp of the result (at most 9.5e-7 for x in [-12, 12]).
+    """
+    return 0.5 * x * (1.0 + lax.erf(x * _SQRT_HALF))
+
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+
+
 _FACTORIES: dict[str, Callable[..., Callable[[jax.Array], jax.Array]]] = {
     "binary_step": lambda: binary_step,
     "logistic": lambda: jax.nn.sigmoid,  # computed stably for large |x|
@@ -77,7 +94,7 @@ _FACTORIES: dict[str, Callable[..., Callable[[jax.Array], jax.Array]]] = {
     "softplus": lambda: jax.nn.softplus,  # log(1 + e^x) without overflow
     "leaky_relu": _leaky_relu,
     "softmax": lambda: functools.partial(jax.nn.softmax, axis=-1),
-    "gelu": lambda: functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": lambda: gelu,
     "silu": lambda: jax.nn.silu,
     "identity": lambda: _identity,
 }
