@@ -68,7 +68,9 @@ def _elu(alpha: float = 1.0):
     return functools.partial(jax.nn.elu, alpha=alpha)
 
 
-# name -> factory; the factory's keyword arguments are the activation's options.
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+
+
 def gelu(x: jax.Array) -> jax.Array:
     """The exact GELU, x * Phi(x), as 0.5 x (1 + erf(x / sqrt 2)): PyTorch's formula.
 
@@ -81,9 +83,7 @@ def gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1.0 + lax.erf(x * _SQRT_HALF))
 
 
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-
-
+# name -> factory; the factory's keyword arguments are the activation's options.
 _FACTORIES: dict[str, Callable[..., Callable[[jax.Array], jax.Array]]] = {
     "binary_step": lambda: binary_step,
     "logistic": lambda: jax.nn.sigmoid,  # computed stably for large |x|

@@ -1,6 +1,7 @@
 """Small helpers for ml_collections configs: dotted overrides, the computation dtype, and the
 start-up checks that turn a config mistake into one line naming the fix (`check_keys`,
-`check_choices`, `check_counts`), run before any data is read or any device is made."""
+`check_choices`, `check_counts`), run before any data is read or any device is made; and
+`env_switch`, the same for an on/off environment variable."""
 
 from __future__ import annotations
 
@@ -24,8 +25,24 @@ UNCHECKED_INTS = ("seed",)
 # How a choice error names a key whose name alone does not read as a noun.
 KEY_NAMES = {"parallel": "parallel mode"}
 _MISSING = object()
+# How an on/off environment variable may be spelt.
+SWITCH_ON, SWITCH_OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 # A config section: a ConfigDict (frozen or not) or a plain dict.
 Section = ml_collections.ConfigDict | Mapping[str, Any]
+
+
+def env_switch(env: Mapping[str, str], name: str, *, default: str, fix: str) -> str:
+    """Environment variable `name` read as "on" or "off"; `default` when it is unset or empty
+    (a third word the caller handles, e.g. "auto", is accepted as itself). Any other value is a
+    UserError ending in `fix`: a typo must not decide silently."""
+    value = env.get(name, "").strip().lower()
+    if value in ("", default):
+        return default
+    if value in SWITCH_ON:
+        return "on"
+    if value in SWITCH_OFF:
+        return "off"
+    raise UserError(f"{name}={env[name]!r} is not understood; {fix}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

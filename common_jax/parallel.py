@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from common_jax.config_utils import env_switch
 from common_jax.errors import UserError
 
 AXIS = "data"
@@ -43,7 +44,6 @@ PROCESS_ID_ENV = "JAX_PROCESS_ID"
 # "1": always call jax.distributed.initialize() (e.g. a Cloud TPU pod found by its metadata
 # server, Kubernetes with jax[k8s]); "0": never.
 DISTRIBUTED_ENV = "COMMON_JAX_DISTRIBUTED"
-_ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 
 def distributed_arguments(env: Mapping[str, str] | None = None) -> dict | None:
@@ -53,16 +53,13 @@ def distributed_arguments(env: Mapping[str, str] | None = None) -> dict | None:
     Arguments left as None are found by JAX's own cluster detection (SLURM, Open MPI, Cloud TPU).
     """
     env = os.environ if env is None else env
-    choice = env.get(DISTRIBUTED_ENV, "auto").strip().lower()
-    if choice in _OFF:
+    choice = env_switch(env, DISTRIBUTED_ENV, default="auto", fix="set it to auto, 1 or 0")
+    if choice == "off":
         return None
-    if choice not in _ON and choice != "auto":
-        raise UserError(f"{DISTRIBUTED_ENV}={env[DISTRIBUTED_ENV]!r} is not understood; set it "
-                        "to auto, 1 or 0")
     arguments = {"coordinator_address": env.get("JAX_COORDINATOR_ADDRESS") or None,
                  "num_processes": _env_int(env, NUM_PROCESSES_ENV),
                  "process_id": _env_int(env, PROCESS_ID_ENV)}
-    if arguments["num_processes"] == 1 and choice not in _ON:
+    if arguments["num_processes"] == 1 and choice != "on":
         return None  # nothing to join
     given = [value is not None for value in arguments.values()]
     cluster = cluster_job(env)
@@ -70,7 +67,7 @@ def distributed_arguments(env: Mapping[str, str] | None = None) -> dict | None:
         raise UserError("a multi-process launch needs JAX_COORDINATOR_ADDRESS (host:port of "
                         f"process 0), {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV}; set all three "
                         "(e.g. 127.0.0.1:12345, 2 and 0 in the first process), or none")
-    if any(given) or cluster is not None or choice in _ON:
+    if any(given) or cluster is not None or choice == "on":
         return arguments
     return None
 

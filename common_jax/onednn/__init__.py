@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from common_jax.config_utils import env_switch
 from common_jax.errors import UserError
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
@@ -36,7 +37,6 @@ SWITCH_ENV = "COMMON_JAX_ONEDNN"  # "0" / "off": never use the extension; "1" / 
 THREADS_ENV = "COMMON_JAX_ONEDNN_THREADS"  # oneDNN threads per call; default: cores / devices
 _TARGETS = {"forward": "OnednnConvForward", "backward_data": "OnednnConvBackwardData",
             "backward_weights": "OnednnConvBackwardWeights"}
-_ON, _OFF = ("", "1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 _status = "not loaded yet"
 
@@ -49,11 +49,9 @@ def library_path() -> Path:
 
 
 def switched_off() -> bool:
-    choice = os.environ.get(SWITCH_ENV, "").strip().lower()
-    if choice not in _ON + _OFF:  # a typo must not decide silently which kernels run
-        raise UserError(f"{SWITCH_ENV}={os.environ[SWITCH_ENV]!r} is not understood; set it to "
-                        "0 (XLA's convolutions) or 1 (oneDNN's, the default), or unset it")
-    return choice in _OFF
+    return env_switch(os.environ, SWITCH_ENV, default="on",
+                      fix="set it to 0 (XLA's convolutions) or 1 (oneDNN's, the default), or "
+                          "unset it") == "off"
 
 
 def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
